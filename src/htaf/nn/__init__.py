@@ -1,0 +1,9 @@
+"""Modules: binary activations, annealing, and (in their own files) binary and spiking layers."""
+
+from .activation import HTAF, BinaryActivation, Heaviside, Sign, create_act, set_mode, using_mode
+from .anneal import Anneal, schedule_value
+
+__all__ = [
+    "HTAF", "Heaviside", "Sign", "BinaryActivation", "create_act", "set_mode", "using_mode",
+    "Anneal", "schedule_value",
+]
