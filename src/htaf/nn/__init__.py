@@ -1,9 +1,11 @@
 """Modules: binary activations, annealing, and (in their own files) binary and spiking layers."""
 
-from .activation import HTAF, BinaryActivation, Heaviside, Sign, create_act, set_mode, using_mode
+from .activation import (
+    HTAF, BinaryActivation, Heaviside, Sign, apply_constraints, create_act, set_mode, using_mode,
+)
 from .anneal import Anneal, schedule_value
 
 __all__ = [
     "HTAF", "Heaviside", "Sign", "BinaryActivation", "create_act", "set_mode", "using_mode",
-    "Anneal", "schedule_value",
+    "Anneal", "schedule_value", "apply_constraints",
 ]

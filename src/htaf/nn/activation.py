@@ -19,7 +19,10 @@ from .. import functional as F
 from .._checks import check_choice
 from ..surrogates import HTAFSurrogate, Surrogate, get_surrogate
 
-__all__ = ["BinaryActivation", "HTAF", "Heaviside", "Sign", "set_mode", "using_mode", "create_act"]
+__all__ = [
+    "BinaryActivation", "HTAF", "Heaviside", "Sign", "set_mode", "using_mode", "create_act",
+    "apply_constraints",
+]
 
 
 class BinaryActivation(nn.Module):
@@ -146,3 +149,12 @@ def create_act(name: str = "htaf", *, signed: bool = False, **params) -> nn.Modu
             raise ValueError(f"unknown activation {name!r}; use relu, htaf, htaf_st or a "
                              f"surrogate name ({e.args[0].split('available: ')[1]})") from None
         raise
+
+
+def apply_constraints(model: nn.Module) -> None:
+    """Call ``constrain_()`` on every module of ``model`` that defines it (e.g. clipping the latent
+    weights of binary layers). The engine calls this after each optimizer step."""
+    for m in model.modules():
+        fn = getattr(m, "constrain_", None)
+        if callable(fn):
+            fn()

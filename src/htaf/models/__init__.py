@@ -1,0 +1,5 @@
+"""Model families (DHN, SNN, BNN, ICBM) behind one registry: ``create_model(name, **kw)``."""
+
+from .registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]
