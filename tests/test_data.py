@@ -237,6 +237,15 @@ def test_ddp_shards_partition_each_global_batch(n, batch, world):
         assert torch.equal(torch.cat([r[i] for r in per_rank]), global_batch)
 
 
+@pytest.mark.parametrize("n,batch,world", [(10, 4, 2), (11, 1024, 3), (2, 8, 3)])
+def test_ddp_split_shards_cover_the_split_once(n, batch, world):
+    ds = _toy(n=n)
+    ds.test_y = torch.arange(n)
+    seen = [y for rank in range(world)
+            for _, y in ds.batches("test", batch, rank=rank, world_size=world)]
+    assert torch.equal(torch.cat(seen), torch.arange(n))
+
+
 def test_batches_on_cuda_stay_on_device():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
