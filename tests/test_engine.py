@@ -278,3 +278,23 @@ def test_cli_help_explains(capsys):
     for flag in ("--model", "--data", "--activation", "--model-arg", "--resume", "--config",
                  "--amp", "--compile", "torchrun"):
         assert flag in out
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager(tmp_path, digits):
+    """torch.compile (inductor, CPU here) trains the same model: γ changes every epoch and hard
+    mode flips at evaluation, so this also exercises the recompiles."""
+    kw = {"epochs": 3, "out_dir": None}
+    eager = train(_config(tmp_path, **kw), dataset=digits)
+    compiled = train(_config(tmp_path, compile=True, **kw), dataset=digits)
+    for key in ("train_loss", "test_acc", "hard_test_acc"):
+        assert compiled.metrics[key] == pytest.approx(eager.metrics[key], abs=0.03), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_with_amp_channels_last_and_augment(tmp_path, digits):
+    result = train(_config(tmp_path, device="cuda", amp=True, channels_last=True, augment=True,
+                           epochs=3, out_dir=None), dataset=digits)
+    assert next(result.model.parameters()).is_cuda
+    assert result.metrics["hard_test_acc"] > 0.5
