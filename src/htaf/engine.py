@@ -572,7 +572,9 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
             if epoch_metrics is not None:
                 model.eval()
                 with torch.no_grad():
-                    rec.update(epoch_metrics(full_test))
+                    extra = epoch_metrics(full_test) or {}
+                rec.update({k: v.item() if isinstance(v, torch.Tensor) else v
+                            for k, v in extra.items()})
                 model.train()
             rec["eval_time"] = time.perf_counter() - t1
         rec["epoch_time"] = epoch_time
