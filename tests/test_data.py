@@ -149,6 +149,31 @@ def test_torchvision_name_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 30
 
 
+@pytest.mark.parametrize("name,cls,hwc", [("cifar10", "CIFAR10", True), ("mnist", "MNIST", False)])
+def test_torchvision_arrays_are_converted(tmp_path, monkeypatch, name, cls, hwc):
+    """The conversion of an already-downloaded torchvision set (a stand-in class, no files)."""
+    tvd = pytest.importorskip("torchvision.datasets")
+
+    class Fake:
+        classes = ["zero", "one"]
+
+        def __init__(self, root, train, download):
+            n = 6 if train else 4
+            shape = (n, 5, 5, 3) if hwc else (n, 5, 5)
+            data = torch.arange(n * 75 // (1 + 2 * (not hwc))).reshape(shape) % 256
+            self.data = data.to(torch.uint8).numpy() if hwc else data.to(torch.uint8)
+            self.targets = [i % 2 for i in range(n)]
+
+    monkeypatch.setattr(tvd, cls, Fake)
+    ds = load_dataset(name, cache_dir=tmp_path)
+    c = 3 if hwc else 1
+    assert ds.train_x.shape == (6, c, 5, 5) and ds.test_x.shape == (4, c, 5, 5)
+    assert ds.train_y.tolist() == [0, 1, 0, 1, 0, 1] and ds.classes == ["zero", "one"]
+    expected = Fake(None, True, False).data
+    expected = torch.as_tensor(expected).permute(0, 3, 1, 2) if hwc else expected[:, None]
+    assert torch.equal(ds.train_x, expected)
+
+
 def test_reachable_is_quick_for_a_bad_host():
     t0 = time.perf_counter()
     assert hdata._reachable("host.invalid", timeout=2.0) is False

@@ -9,7 +9,7 @@ computed on the training split in the [0, 1] scale. Sources:
 * ``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashion-mnist"`` — torchvision (downloaded into the
   cache where a network exists; without one, an immediate error that says to pass ``--data PATH``);
 * any ImageFolder directory or ``.zip`` of one: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``
-  (an optional single top-level folder is allowed). Decoded once (in threads) into a cache file,
+  (an optional single top-level folder is allowed). Decoded once (in parallel) into a cache file,
   ``$HTAF_CACHE`` or ``~/.cache/htaf``, written atomically.
 
 digits and mnist5k ship with no train/test split; both use a stratified 80/20 split with
