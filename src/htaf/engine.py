@@ -410,8 +410,12 @@ def train(config: TrainConfig, *, dataset=None) -> RunResult:
     config.validate()
     rank, world, local_rank, created_group = _setup_distributed(config.device)
     try:
-        if dataset is None:
+        if dataset is None:   # under DDP one process per node decodes (and caches) first
+            if world > 1 and local_rank != 0:
+                dist.barrier()
             dataset = load_dataset(config.data, cache_dir=config.data_cache)
+            if world > 1 and local_rank == 0:
+                dist.barrier()
         return _train(config, dataset, rank, world, local_rank)
     finally:
         if created_group:
