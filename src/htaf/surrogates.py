@@ -31,9 +31,24 @@ from ._checks import check_real
 from .kernels.reference import compute_dtype
 
 __all__ = [
-    "Param", "Surrogate", "register_surrogate", "get_surrogate", "list_surrogates",
-    "HTAFSurrogate", "Sigmoid", "ATan", "FastSigmoid", "SuperSpike", "PiecewiseQuadratic",
-    "PiecewiseExp", "Erf", "Triangle", "Rect", "STE", "ApproxSign", "SwishSign",
+    "STE",
+    "ATan",
+    "ApproxSign",
+    "Erf",
+    "FastSigmoid",
+    "HTAFSurrogate",
+    "Param",
+    "PiecewiseExp",
+    "PiecewiseQuadratic",
+    "Rect",
+    "Sigmoid",
+    "SuperSpike",
+    "Surrogate",
+    "SwishSign",
+    "Triangle",
+    "get_surrogate",
+    "list_surrogates",
+    "register_surrogate",
 ]
 
 

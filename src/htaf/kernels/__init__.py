@@ -13,4 +13,4 @@ from .activation import backward as htaf_backward
 from .activation import forward as htaf_forward
 from .activation import step as step_forward
 
-__all__ = ["htaf_forward", "htaf_backward", "step_forward", "reference"]
+__all__ = ["htaf_backward", "htaf_forward", "reference", "step_forward"]
