@@ -8,9 +8,26 @@ reference everywhere (for debugging or comparison).
 
 from __future__ import annotations
 
+import os
+
 from . import reference
 from .activation import backward as htaf_backward
 from .activation import forward as htaf_forward
 from .activation import step as step_forward
 
-__all__ = ["htaf_forward", "htaf_backward", "step_forward", "reference"]
+__all__ = ["htaf_forward", "htaf_backward", "step_forward", "reference", "TRITON_ENABLED"]
+
+
+def _triton_enabled() -> bool:
+    if os.environ.get("HTAF_DISABLE_TRITON", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    try:
+        from . import triton_activation
+    except ImportError:  # Triton not installed (CPU-only setups, macOS, Windows)
+        return False
+    triton_activation.register_cuda_kernels()
+    return True
+
+
+#: Whether the fused Triton kernels serve ``torch.ops.htaf.*`` on CUDA in this process.
+TRITON_ENABLED: bool = _triton_enabled()
