@@ -408,3 +408,26 @@ def test_cuda_torch_compile_matches_eager():
     torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_benchmark_smoke_run_on_cpu(tmp_path, capsys):
+    """The benchmark script runs end to end (reference path on the CPU, no JSON unless asked)
+    and reports the fused ops saving exactly the input for backward, the plain formula more."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the benchmark is run for real, not smoke-tested")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_activation.py"
+    spec = importlib.util.spec_from_file_location("bench_activation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    report = bench.main(["--size", "1000", "--reps", "2", "--skip-compile", "--dtypes",
+                         "fp32,bf16", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "CPU" in text and "smoke run" in text and "fused htaf" in text
+    assert out.exists() and set(report["copy_ms"]) == {"float32", "bfloat16"}
+    ratios = {(r["impl"], r["dtype"]): r["saved_ratio"] for r in report["results"]}
+    for dtype in ("float32", "bfloat16"):
+        assert ratios[("fused htaf", dtype)] == ratios[("fused heaviside", dtype)] == 1.0
+        assert ratios[("eager htaf", dtype)] > 1.0
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in report["results"])
