@@ -1,9 +1,9 @@
 """The fused Triton kernels against their PyTorch reference, and the ops they serve.
 
 The kernels run on CPU tensors under the Triton interpreter. ``TRITON_INTERPRET`` is read by
-``triton.jit`` when a kernel is *defined*, so the ``tk`` fixture loads a private copy of
-``htaf.kernels.triton_activation`` with the variable set, then restores the environment: the rest
-of the process (and the real CUDA kernels in the ``gpu`` tests) is unaffected.
+``triton.jit`` when a kernel is *defined*, so the ``tk``/``tb`` fixtures import private copies of
+the Triton modules with the variable set, then restore the environment and ``sys.modules``: the
+rest of the process (and the real CUDA kernels in the ``gpu`` tests) is unaffected.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ import torch
 import htaf
 from htaf import functional as F
 from htaf import kernels
+from htaf.kernels import baselines
 from htaf.kernels import reference as ref
-from htaf.surrogates import list_surrogates
+from htaf.surrogates import get_surrogate, list_surrogates
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PARAMS = [(0.5, 4.0, 1.0), (0.1, 8.0, 3.0), (1.5, 0.0, 0.5)]
@@ -31,24 +33,45 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(scope="module")
-def tk():
-    """``triton_activation`` with interpreted kernels (CPU tensors)."""
+_TRITON_MODULES = ("htaf.kernels.triton_activation", "htaf.kernels.triton_baselines")
+
+
+def _import_interpreted():
+    """Fresh imports of the Triton modules with ``TRITON_INTERPRET=1``; the process's own modules
+    (``sys.modules`` entries) and environment are restored afterwards."""
     pytest.importorskip("triton")
-    path = Path(kernels.__file__).with_name("triton_activation.py")
-    saved = os.environ.get("TRITON_INTERPRET")
+    saved_env = os.environ.get("TRITON_INTERPRET")
+    saved_modules = {name: sys.modules.pop(name, None) for name in _TRITON_MODULES}
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        spec = importlib.util.spec_from_file_location(
-            "htaf.kernels._triton_activation_interpreted", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        return [importlib.import_module(name) for name in _TRITON_MODULES]
     finally:
-        if saved is None:
+        if saved_env is None:
             del os.environ["TRITON_INTERPRET"]
         else:
-            os.environ["TRITON_INTERPRET"] = saved
-    return module
+            os.environ["TRITON_INTERPRET"] = saved_env
+        for name, module in saved_modules.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return _import_interpreted()
+
+
+@pytest.fixture(scope="module")
+def tk(interpreted):
+    """``triton_activation`` with interpreted kernels (CPU tensors)."""
+    return interpreted[0]
+
+
+@pytest.fixture(scope="module")
+def tb(interpreted):
+    """``triton_baselines`` with interpreted kernels (CPU tensors)."""
+    return interpreted[1]
 
 
 def _tol(dtype):
@@ -210,6 +233,80 @@ def test_launcher_input_errors(tk):
         tk.triton_htaf_backward(torch.zeros(3), torch.zeros(4), 0.5, 4.0, 1.0)
 
 
+# ----------------------------------------------------------------------------- baselines
+BASELINES = list(kernels.FUSED_SURROGATES)
+
+
+def _baseline_params(kind):
+    """The registry's default parameter and a second value (ste: also unclipped)."""
+    names = list(get_surrogate(kind).hyperparameters().items())
+    if not names:
+        return [(None, 0.0)]
+    name, default = names[0]
+    extra = [(name, math.inf)] if kind == "ste" else []
+    return [(name, default), (name, 0.37 * default + 0.1)] + extra
+
+
+def _baseline_inputs(dtype, n=3001):
+    x = torch.cat([torch.tensor(SPECIAL + [0.5, -0.5, 0.25, 0.04, 1.0 / 3]), torch.randn(n) * 2])
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_baseline_reference_twin_matches_registry(kind, dtype):
+    x = _baseline_inputs(dtype)
+    for name, value in _baseline_params(kind):
+        s = get_surrogate(kind, **({name: value} if name else {}))
+        twin = baselines.surrogate_derivative(x, kind, value)
+        expected = s.derivative(x)
+        tol = dict(rtol=1e-12, atol=1e-300) if dtype == torch.float64 else dict(rtol=2e-6,
+                                                                                atol=1e-30)
+        # swish_sign in the registry: inf·0 = NaN where βx overflows; the twin gives 0 there
+        bad = expected.isnan() & ~x.isnan()
+        assert kind == "swish_sign" or not bad.any()
+        assert (twin[bad] == 0).all()
+        torch.testing.assert_close(twin[~bad], expected[~bad], equal_nan=True, **tol)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_baseline_kernel_parity(tb, kind, dtype):
+    x = _baseline_inputs(dtype)
+    g = torch.randn(x.shape).to(dtype)
+    # fp32: near swish_sign's sign change (2 − βx·tanh(βx/2) = 0) the result cancels, so allow an
+    # absolute error of a few ulps of the derivative's peak (β = 5 there).
+    tol = dict(_tol(dtype), atol=1e-6) if dtype == torch.float32 else _tol(dtype)
+    for _, value in _baseline_params(kind):
+        for scale in (1.0, 0.5, 2.0):
+            out = tb.triton_surrogate_backward(g, x, kind, value, scale)
+            expected = baselines.reference_backward(g, x, kind, value, scale)
+            assert out.dtype == expected.dtype
+            torch.testing.assert_close(out, expected, equal_nan=True, **tol)
+
+
+def test_baseline_kernel_layouts_and_errors(tb):
+    x = _layouts(torch.bfloat16)["sliced_step"]
+    g = torch.randn(x.shape).to(torch.bfloat16).transpose(0, 1).contiguous().transpose(0, 1)
+    d = tb.triton_surrogate_backward(g, x, "atan", 2.0, 1.0)
+    _close(d, baselines.reference_backward(g, x, "atan", 2.0, 1.0))
+    assert d.stride() == g.stride()
+    assert tb.triton_surrogate_backward(torch.empty(0), torch.empty(0), "erf", 2.0).numel() == 0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tb.triton_surrogate_backward(x, x, "relu", 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
+def test_cpu_surrogate_op_is_the_reference(dtype):
+    x, g = _baseline_inputs(dtype, 99), _baseline_inputs(dtype, 99).flip(0)
+    for kind in BASELINES:
+        out = kernels.surrogate_backward(g, x, kind, 1.5, 2.0)
+        assert torch.equal(out.nan_to_num(7.0),
+                           baselines.reference_backward(g, x, kind, 1.5, 2.0).nan_to_num(7.0))
+
+
 # ----------------------------------------------------------------------------- the ops
 def test_triton_registration_switch(monkeypatch):
     pytest.importorskip("triton")
@@ -309,6 +406,19 @@ def test_cuda_parity(dtype, n):
     for signed in (False, True):
         y = kernels.step_forward(x, signed).cpu()
         assert torch.equal(y.nan_to_num(7.0), ref.step_forward(xc, signed).nan_to_num(7.0))
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_baseline_parity(kind, dtype):
+    x = _baseline_inputs(dtype, 100_003).cuda()
+    g = torch.randn(x.shape).to(dtype).cuda()
+    for _, value in _baseline_params(kind):
+        out = kernels.surrogate_backward(g, x, kind, value, 2.0).cpu()
+        expected = baselines.reference_backward(g.cpu(), x.cpu(), kind, value, 2.0)
+        torch.testing.assert_close(out, expected, equal_nan=True, **_cuda_tol(dtype))
 
 
 @gpu
