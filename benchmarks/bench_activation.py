@@ -111,11 +111,11 @@ def bench_dtype(rows, dtype, size, device, measure):
     out = []
     for name, fn in rows.items():
         with torch.no_grad():
-            fwd_ms = measure(lambda: fn(x))
-        fwdbwd_ms = measure(lambda: torch.autograd.grad(fn(xg), xg, grad))
+            fwd_ms = measure(lambda fn=fn: fn(x))
+        fwdbwd_ms = measure(lambda fn=fn: torch.autograd.grad(fn(xg), xg, grad))
         try:
             saved = saved_bytes(fn, xg)
-        except Exception as err:  # e.g. a compiler that refuses saved-tensor hooks
+        except Exception as err:  # noqa: BLE001 (e.g. a compiler refusing saved-tensor hooks)
             print(f"  ({name}: saved-tensor count unavailable: {type(err).__name__})",
                   file=sys.stderr)
             saved = None

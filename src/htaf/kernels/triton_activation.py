@@ -26,7 +26,8 @@ elements fill a dense, non-overlapping block (contiguous, transposed, channels-l
 processed as the flat block it is, and the output gets the same strides (what the reference's
 ``torch.empty_like`` gives). Only inputs with holes (slices with steps, expanded views) or whose
 layout differs from the output's are first copied into the output's layout. Offsets switch to
-int64 when a tensor has 2^31 elements or more.
+int64 when a tensor has 2^31 elements or more. A size that is not a multiple of 16 is run as a
+multiple-of-16 body (16-byte vector accesses) plus a short second launch for the rest.
 
 Registration. :func:`register_cuda_kernels` installs the launchers as the CUDA implementation of
 the existing ``torch.library.custom_op`` ops ``htaf::forward/backward/step``
@@ -65,6 +66,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BLOCK_BYTES = 16384
 _NUM_WARPS = 8
 _INT32_LIMIT = 2**31
+_VECTOR = 16
 
 
 # ----------------------------------------------------------------------------- device math
@@ -121,7 +123,7 @@ def _step_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, INT64: tl.constexpr,
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
     low = -1.0 if SIGNED else 0.0
     y = tl.where(x >= 0.0, 1.0, low)
-    y = tl.where(x != x, x, y)  # NaN stays NaN
+    y = tl.where(x != x, x, y)  # noqa: PLR0124 (x != x: NaN stays NaN)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -160,14 +162,32 @@ def _check_dtype(name: str, t: torch.Tensor) -> None:
                         f"got {t.dtype} (use htaf.kernels.reference for other dtypes)")
 
 
-def _grid_args(n: int, *tensors: torch.Tensor) -> tuple[tuple[int], int, bool]:
-    itemsize = min(t.element_size() for t in tensors)
-    block = _BLOCK_BYTES // itemsize
-    return (triton.cdiv(n, block),), block, n + block >= _INT32_LIMIT
-
-
 def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _needs_int64(n: int, block: int) -> bool:
+    return n + block >= _INT32_LIMIT
+
+
+def _launch(kernel, tensors: list[torch.Tensor], *scalars, **constexprs) -> None:
+    """Run ``kernel(*tensors, n, *scalars)`` over dense tensors of one layout, as flat blocks.
+
+    Triton uses 16-byte accesses under the bounds mask only when ``n`` is a multiple of 16, so
+    the first ``n − n % 16`` elements and the (< 16) rest are two launches of the same kernel.
+    """
+    flats = [_flat(t) for t in tensors]
+    n = flats[0].numel()
+    block = _BLOCK_BYTES // min(t.element_size() for t in tensors)
+    body = n - n % _VECTOR
+    with _device_guard(tensors[0]):
+        for start, count in ((0, body), (body, n - body)):
+            if count == 0:
+                continue
+            args = flats if count == n else [f[start:start + count] for f in flats]
+            kernel[(triton.cdiv(count, block),)](
+                *args, count, *scalars, BLOCK=block, INT64=_needs_int64(count, block),
+                num_warps=_NUM_WARPS, **constexprs)
 
 
 def triton_htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
@@ -176,11 +196,8 @@ def triton_htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    xin = _as_layout_of(x, out)
-    grid, block, int64 = _grid_args(out.numel(), out)
-    with _device_guard(x):
-        _htaf_fwd_kernel[grid](_flat(xin), _flat(out), out.numel(), float(alpha), float(beta),
-                               float(gamma), BLOCK=block, INT64=int64, num_warps=_NUM_WARPS)
+    _launch(_htaf_fwd_kernel, [_as_layout_of(x, out), out], float(alpha), float(beta),
+            float(gamma))
     return out
 
 
@@ -195,12 +212,8 @@ def triton_htaf_backward(grad: torch.Tensor, x: torch.Tensor, alpha: float, beta
                          f"and {tuple(x.shape)}")
     if out.numel() == 0:
         return out
-    gin, xin = _as_layout_of(grad, out), _as_layout_of(x, out)
-    grid, block, int64 = _grid_args(out.numel(), gin, xin)
-    with _device_guard(x):
-        _htaf_bwd_kernel[grid](_flat(gin), _flat(xin), _flat(out), out.numel(), float(alpha),
-                               float(beta), float(gamma), float(scale), BLOCK=block,
-                               INT64=int64, num_warps=_NUM_WARPS)
+    _launch(_htaf_bwd_kernel, [_as_layout_of(grad, out), _as_layout_of(x, out), out],
+            float(alpha), float(beta), float(gamma), float(scale))
     return out
 
 
@@ -210,11 +223,7 @@ def triton_step(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    xin = _as_layout_of(x, out)
-    grid, block, int64 = _grid_args(out.numel(), out)
-    with _device_guard(x):
-        _step_kernel[grid](_flat(xin), _flat(out), out.numel(), BLOCK=block, INT64=int64,
-                           SIGNED=bool(signed), num_warps=_NUM_WARPS)
+    _launch(_step_kernel, [_as_layout_of(x, out), out], SIGNED=bool(signed))
     return out
 
 

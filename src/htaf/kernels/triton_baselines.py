@@ -13,9 +13,7 @@ import triton
 import triton.language as tl
 
 from . import baselines
-from .triton_activation import (
-    _NUM_WARPS, SUPPORTED_DTYPES, _as_layout_of, _check_dtype, _device_guard, _flat, _grid_args,
-    _offsets)
+from .triton_activation import SUPPORTED_DTYPES, _as_layout_of, _check_dtype, _launch, _offsets
 
 __all__ = ["triton_surrogate_backward", "register_cuda_kernels"]
 
@@ -80,12 +78,8 @@ def triton_surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: str, pa
                          f"and {tuple(x.shape)}")
     if out.numel() == 0:
         return out
-    gin, xin = _as_layout_of(grad, out), _as_layout_of(x, out)
-    grid, block, int64 = _grid_args(out.numel(), gin, xin)
-    with _device_guard(x):
-        _surrogate_bwd_kernel[grid](_flat(gin), _flat(xin), _flat(out), out.numel(), p, c,
-                                    float(scale), BLOCK=block, INT64=int64,
-                                    KIND=baselines.FUSED_SURROGATES[kind], num_warps=_NUM_WARPS)
+    _launch(_surrogate_bwd_kernel, [_as_layout_of(grad, out), _as_layout_of(x, out), out],
+            p, c, float(scale), KIND=baselines.FUSED_SURROGATES[kind])
     return out
 
 
