@@ -38,10 +38,11 @@ _TRITON_MODULES = ("htaf.kernels.triton_activation", "htaf.kernels.triton_baseli
 
 def _import_interpreted():
     """Fresh imports of the Triton modules with ``TRITON_INTERPRET=1``; the process's own modules
-    (``sys.modules`` entries) and environment are restored afterwards."""
+    (``sys.modules`` entries and ``htaf.kernels`` attributes) and environment are restored."""
     pytest.importorskip("triton")
     saved_env = os.environ.get("TRITON_INTERPRET")
-    saved_modules = {name: sys.modules.pop(name, None) for name in _TRITON_MODULES}
+    saved = {name: (sys.modules.pop(name, None), getattr(kernels, name.rpartition(".")[2], None))
+             for name in _TRITON_MODULES}
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         return [importlib.import_module(name) for name in _TRITON_MODULES]
@@ -50,11 +51,16 @@ def _import_interpreted():
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = saved_env
-        for name, module in saved_modules.items():
+        for name, (module, attribute) in saved.items():
+            short = name.rpartition(".")[2]
             if module is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+            if attribute is None:
+                delattr(kernels, short)
+            else:
+                setattr(kernels, short, attribute)
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +398,8 @@ def _cuda_tol(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [0, 1, 1023, 1_000_003])
 def test_cuda_parity(dtype, n):
-    assert kernels.TRITON_ENABLED
+    if not kernels.TRITON_ENABLED:
+        pytest.skip("Triton kernels are off (HTAF_DISABLE_TRITON set or Triton missing)")
     x = torch.cat([torch.tensor(SPECIAL), torch.randn(n) * 4]).to(dtype).cuda()
     g = torch.randn(x.shape).to(dtype).cuda()
     xc, gc = x.cpu(), g.cpu()
@@ -540,3 +547,13 @@ def test_benchmark_smoke_run_on_cpu(tmp_path, capsys):
         assert ratios[("fused htaf", dtype)] == ratios[("fused heaviside", dtype)] == 1.0
         assert ratios[("eager htaf", dtype)] > 1.0
     assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in report["results"])
+
+
+def test_interpreted_copies_do_not_leak(interpreted):
+    """The fixture's interpreted modules stay private: the package keeps its real kernels."""
+    import htaf.kernels.triton_activation as real
+
+    assert real is not interpreted[0] and kernels.triton_activation is real
+    assert type(interpreted[0]._htaf_fwd_kernel).__name__ == "InterpretedFunction"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert type(real._htaf_fwd_kernel).__name__ == "JITFunction"
