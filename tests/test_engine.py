@@ -260,7 +260,8 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     cfg.write_text(json.dumps({"model": "test_mlp", "epochs": 5, "lr": 0.01}))
     argv = ["train", "--config", str(cfg), "--activation", "htaf_st", "--depth", "2",
             "--width", "32", "--model-arg", "norm=true", "--lr", "0.1", "--batch-size", "64",
-            "--anneal-gamma", "none", "--out", str(tmp_path / "runs"), "--name", "cli", "--log", "plain", "--no-amp"]
+            "--anneal-gamma", "none", "--out", str(tmp_path / "runs"), "--name", "cli",
+            "--log", "plain", "--no-amp"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "epoch 5/5" in out and "wrote" in out
