@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .metrics import ConceptOutputs, collect, concept_metrics
+from ..nn import using_mode
+from .metrics import ConceptOutputs, collect, concept_metrics, seed_flip_rate
 
 __all__ = ["Intervention", "Report", "build_report", "explain_run", "parse_flip",
            "concept_importance"]
@@ -57,6 +58,7 @@ class Report:
     metrics: dict[str, float]
     concepts: list[int]
     images: list[int]
+    classes: list[str]
     interventions: list[Intervention] = field(default_factory=list)
 
 
@@ -315,6 +317,10 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
     for i in list(images or []) + [f[0] for f in flips]:
         if not 0 <= i < n:
             raise ValueError(f"image index {i} out of range [0, {n})")
+    for _, concepts in flips:
+        for k in concepts:
+            if not 0 <= k < k_all:
+                raise ValueError(f"concept {k} out of range [0, {k_all})")
     chosen = list(images) if images else _default_images(out)
 
     _heatmap(weight.numpy(), order, classes, out_dir / "weights.png")
@@ -366,8 +372,9 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
     results, flip_cards = [], []
     for i, concepts in flips:
         x = _normalized_batches(_Subset(dataset, i), 1, device)[0][0]
-        before = model.intervene(x)[0].float().cpu()
-        after = model.intervene(x, flip=list(concepts))[0].float().cpu()
+        with using_mode(model, "hard"):
+            before = model.intervene(x)[0].float().cpu()
+            after = model.intervene(x, flip=list(concepts))[0].float().cpu()
         r = Intervention(i, list(concepts), int(out.labels[i]), before.tolist(), after.tolist())
         results.append(r)
         name = f"flip_{i:05d}_{'-'.join(map(str, concepts))}.png"
@@ -418,7 +425,7 @@ class's logit (logit = bias + sum of the bars over all concepts that fired).</p>
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return Report(path, metrics, shown, chosen, results)
+    return Report(path, metrics, shown, chosen, classes, results)
 
 
 class _Subset:
@@ -436,8 +443,11 @@ def _read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None, **kw) -> Report:
-    """:func:`build_report` for a run folder (``htaf.engine.load_run``), into ``RUN_DIR/explain``."""
+def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
+                compare: str | Path | None = None, **kw) -> Report:
+    """:func:`build_report` for a run folder (``htaf.engine.load_run``), into ``RUN_DIR/explain``.
+    ``compare``: another run of the same model and data (another seed); the share of concept bits
+    that differ after matching the two models' concepts is added as ``seed_flip_rate``."""
     from ..engine import load_run
 
     run_dir = Path(run_dir)
@@ -445,9 +455,15 @@ def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None, **kw)
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     model, dataset, config = load_run(run_dir)
     if not hasattr(model, "intervene"):
-        raise ValueError(f"{run_dir} holds a {config.get('model', type(model).__name__)!r} model; "
+        raise ValueError(f"{run_dir} holds a {config.model!r} model; "
                          f"htaf explain needs an ICBM (icbm_cnn, icbm_resnet18, icbm_tv)")
-    kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.get('model', '')} on "
-                           f"{config.get('data', getattr(dataset, 'name', ''))})")
+    if compare is not None:
+        other, other_data, _ = load_run(compare)
+        if not hasattr(other, "intervene") or other_data.test_x.shape != dataset.test_x.shape:
+            raise ValueError(f"--compare {compare} must be an ICBM run on the same data")
+        codes = [collect(m, _normalized_batches(dataset, 512, "cpu")).codes for m in (model, other)]
+        kw["extra_metrics"] = {**kw.get("extra_metrics", {}),
+                               "seed_flip_rate": seed_flip_rate(*codes)}
+    kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.model} on {config.data})")
     return build_report(model, dataset, out_dir or run_dir / "explain",
                         history=_read_history(run_dir), **kw)

@@ -3,9 +3,9 @@
     image ─ backbone ─▶ features ─ Linear + BN ─▶ z ∈ R^K ─ HTAF ─▶ c ∈ [0,1]^K ─ Linear ─▶ logits
 
 The K units ``c`` are the *concepts*: smooth HTAF during training, exact steps 1[z ≥ 0] at
-evaluation (``model.eval()`` switches the concept layer to ``"hard"``, ``model.train()`` back to
-``"smooth"``; ``htaf.nn.set_mode`` / ``using_mode`` override it). No concept labels are used: the
-concepts are whatever binary code the head needs. Since the head is linear, a concept's effect on the
+evaluation: ``htaf.set_mode(model, "hard")`` (or ``with htaf.using_mode(model, "hard"):``) switches
+the concept layer, as for every binary network here (``model.eval()`` alone only changes BatchNorm).
+No concept labels are used: the concepts are whatever binary code the head needs. Since the head is linear, a concept's effect on the
 logits is its column of the head weight: flipping concept k in hard mode moves the logits by exactly
 ±W[:, k] (:meth:`ICBM.intervene`).
 
@@ -72,12 +72,6 @@ class ICBM(nn.Module):
         self._previous_probe: torch.Tensor | None = None
 
     # --- the forward path, piece by piece -------------------------------------------------
-    def train(self, mode: bool = True):
-        """``train()`` → smooth concepts, ``eval()`` → hard concepts."""
-        super().train(mode)
-        self.act.mode = "smooth" if mode else "hard"
-        return self
-
     def preactivations(self, x: torch.Tensor) -> torch.Tensor:
         """z = BN(W_p · backbone(x) + b_p): ``[B, K]``; concept k is on iff z_k ≥ 0."""
         return self.norm(self.project(self.backbone(x)))
