@@ -28,7 +28,7 @@ from ..nn import using_mode
 from .metrics import ConceptOutputs, collect, concept_metrics, seed_flip_rate
 
 __all__ = ["Intervention", "Report", "build_report", "explain_run", "parse_flip",
-           "concept_importance"]
+           "concept_importance", "normalized_test_batches"]
 
 _GOOD, _BAD, _NEUTRAL = "#2f8f5b", "#c0392b", "#4a6fa5"
 
@@ -268,7 +268,9 @@ def _default_images(out: ConceptOutputs, n: int = 6) -> list[int]:
     return sorted(right + wrong)
 
 
-def _normalized_batches(dataset, batch_size: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def normalized_test_batches(dataset, batch_size: int, device
+                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as normalized ``(x, y)`` batches, in order: x = (uint8/255 − mean) / std."""
     x, y = dataset.test_x, dataset.test_y
     c = x.shape[1]
     mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, c, 1, 1)
@@ -299,7 +301,7 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
-    out = collect(model, _normalized_batches(dataset, batch_size, device))
+    out = collect(model, normalized_test_batches(dataset, batch_size, device))
     metrics = concept_metrics(out)
     if history:
         last = [h["flip_rate_epoch"] for h in history if "flip_rate_epoch" in h]
@@ -371,7 +373,7 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
 
     results, flip_cards = [], []
     for i, concepts in flips:
-        x = _normalized_batches(_Subset(dataset, i), 1, device)[0][0]
+        x = normalized_test_batches(_Subset(dataset, i), 1, device)[0][0]
         with using_mode(model, "hard"):
             before = model.intervene(x)[0].float().cpu()
             after = model.intervene(x, flip=list(concepts))[0].float().cpu()
@@ -429,7 +431,7 @@ class's logit (logit = bias + sum of the bars over all concepts that fired).</p>
 
 
 class _Subset:
-    """One test image of a dataset, for :func:`_normalized_batches`."""
+    """One test image of a dataset, for :func:`normalized_test_batches`."""
 
     def __init__(self, dataset, i: int):
         self.test_x, self.test_y = dataset.test_x[i:i + 1], dataset.test_y[i:i + 1]
@@ -461,8 +463,8 @@ def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
         other, other_data, _ = load_run(compare)
         if not hasattr(other, "intervene") or other_data.test_x.shape != dataset.test_x.shape:
             raise ValueError(f"--compare {compare} must be an ICBM run on the same data")
-        codes = [collect(m, _normalized_batches(dataset, 512, "cpu")).codes for m in (model, other)]
-        kw["extra_metrics"] = {**kw.get("extra_metrics", {}),
+        codes = [collect(m, normalized_test_batches(dataset, 512, "cpu")).codes for m in (model, other)]
+        kw["extra_metrics"] = {**(kw.get("extra_metrics") or {}),
                                "seed_flip_rate": seed_flip_rate(*codes)}
     kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.model} on {config.data})")
     return build_report(model, dataset, out_dir or run_dir / "explain",
