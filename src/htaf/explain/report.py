@@ -262,9 +262,18 @@ def _history_table(history: list[dict]) -> str:
 
 
 def _default_images(out: ConceptOutputs, n: int = 6) -> list[int]:
+    """The first misclassified images (up to a third of ``n``), then the first correctly
+    classified image of as many different classes as fit."""
     preds = out.logits_hard.argmax(1)
     wrong = torch.nonzero(preds != out.labels).flatten().tolist()[: n // 3]
-    right = torch.nonzero(preds == out.labels).flatten().tolist()[: n - len(wrong)]
+    right, seen = [], set()
+    for i in torch.nonzero(preds == out.labels).flatten().tolist():
+        if len(right) == n - len(wrong):
+            break
+        label = int(out.labels[i])
+        if label not in seen:
+            seen.add(label)
+            right.append(i)
     return sorted(right + wrong)
 
 
