@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from htaf.engine import TrainConfig, load_run, train  # noqa: E402
-from htaf.explain.metrics import collect, seed_flip_rate  # noqa: E402
-from htaf.explain.report import explain_run, normalized_test_batches  # noqa: E402
+from htaf.engine import TrainConfig, load_run, train
+from htaf.explain.metrics import collect, seed_flip_rate
+from htaf.explain.report import explain_run, normalized_test_batches
 
 CONCEPT_KEYS = ("acc_smooth", "acc_hard", "gap", "saturation", "active_per_image", "never_on",
                 "always_on", "flip_rate_epoch")
@@ -119,12 +119,11 @@ def main(argv=None) -> int:
     print(f"\n{'run':<22}{'smooth acc':>11}{'hard acc':>10}{'gap':>8}{'saturation':>12}"
           f"{'active':>8}{'flips/ep':>10}")
     for name, row in results.items():
-        def pct(key):
-            return f"{100 * row[key]:.2f}" if key in row else "-"
-
+        pct = {k: f"{100 * row[k]:.2f}" if k in row else "-" for k in
+               ("test_acc", "hard_test_acc", "gap", "saturation", "flip_rate_epoch")}
         active = f"{row['active_per_image']:.1f}" if "active_per_image" in row else "-"
-        print(f"{name:<22}{pct('test_acc'):>11}{pct('hard_test_acc'):>10}{pct('gap'):>8}"
-              f"{pct('saturation'):>12}{active:>8}{pct('flip_rate_epoch'):>10}")
+        print(f"{name:<22}{pct['test_acc']:>11}{pct['hard_test_acc']:>10}{pct['gap']:>8}"
+              f"{pct['saturation']:>12}{active:>8}{pct['flip_rate_epoch']:>10}")
     if seed_rate is not None:
         print(f"seed flip rate (after Hungarian matching): {100 * seed_rate:.2f}%")
     print(f"wrote {args.json} and {report.path}")

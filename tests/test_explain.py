@@ -10,8 +10,15 @@ import torch
 
 from htaf.cli import main
 from htaf.explain.metrics import (
-    ConceptOutputs, active_per_image, agreement_matrix, always_on, concept_metrics, flip_rate,
-    match_concepts, never_on, saturation, seed_flip_rate,
+    ConceptOutputs,
+    active_per_image,
+    always_on,
+    concept_metrics,
+    flip_rate,
+    match_concepts,
+    never_on,
+    saturation,
+    seed_flip_rate,
 )
 from htaf.explain.report import explain_run, parse_flip
 from icbm_helpers import trained_digits_run

@@ -96,7 +96,7 @@ def test_engine_annealer_finds_concept_layer_and_state_dict_keeps_it():
 
 def test_sparsity_penalty_is_mean_activation_times_weight():
     model = _small_icbm(sparsity=0.3).train()
-    logits, c = model(torch.randn(4, 1, 8, 8), return_concepts=True)
+    _, c = model(torch.randn(4, 1, 8, 8), return_concepts=True)
     penalty = model.extra_loss()
     torch.testing.assert_close(penalty, 0.3 * c.mean())
     assert penalty.requires_grad

@@ -26,8 +26,17 @@ import torch
 from ..nn import using_mode
 
 __all__ = [
-    "ConceptOutputs", "collect", "saturation", "active_per_image", "never_on", "always_on",
-    "flip_rate", "agreement_matrix", "match_concepts", "seed_flip_rate", "concept_metrics",
+    "ConceptOutputs",
+    "active_per_image",
+    "agreement_matrix",
+    "always_on",
+    "collect",
+    "concept_metrics",
+    "flip_rate",
+    "match_concepts",
+    "never_on",
+    "saturation",
+    "seed_flip_rate",
 ]
 
 

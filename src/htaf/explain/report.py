@@ -27,8 +27,15 @@ from PIL import Image
 from ..nn import using_mode
 from .metrics import ConceptOutputs, collect, concept_metrics, seed_flip_rate
 
-__all__ = ["Intervention", "Report", "build_report", "explain_run", "parse_flip",
-           "concept_importance", "normalized_test_batches"]
+__all__ = [
+    "Intervention",
+    "Report",
+    "build_report",
+    "concept_importance",
+    "explain_run",
+    "normalized_test_batches",
+    "parse_flip",
+]
 
 _GOOD, _BAD, _NEUTRAL = "#2f8f5b", "#c0392b", "#4a6fa5"
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._checks import check_int
 
-__all__ = ["SmallCNN", "CifarResNet18", "torchvision_backbone", "build_backbone"]
+__all__ = ["CifarResNet18", "SmallCNN", "build_backbone", "torchvision_backbone"]
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
