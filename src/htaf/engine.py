@@ -20,6 +20,8 @@ A run writes ``<out_dir>/<name>/``: ``config.json``, ``metrics.jsonl`` (one JSON
 ``checkpoints/last.pt`` (atomic; model, optimizer, step, RNG states: ``resume=True`` continues
 bit-exactly on the CPU), ``loss.png``, ``accuracy.png`` and ``summary.md``.
 
+On CUDA the engine turns on cuDNN autotuning and TF32 (speed over bitwise reproducibility there).
+
 Distributed: launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), the engine
 initializes ``nccl`` (CUDA) or ``gloo`` (CPU), wraps the model in DDP, gives each rank
 ``batch_size / world_size`` samples of every global batch and all-reduces the metrics; only rank 0
@@ -133,7 +135,8 @@ class TrainConfig:
                              f"{', '.join(list_models()) or 'none'}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str)
                                                                 for k in self.model_kwargs):
-            raise ValueError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
+            raise ValueError(f"model_kwargs must be a dict with string keys, "
+                             f"got {self.model_kwargs!r}")
         data_keys = {"in_channels", "image_size", "num_classes"} & set(self.model_kwargs)
         if data_keys:
             raise ValueError(f"model_kwargs must not set {', '.join(sorted(data_keys))}: "
@@ -181,8 +184,9 @@ class TrainConfig:
                 continue
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
                 raise ValueError(f"{name} must be a (start, end) pair or None, got {value!r}")
-            pair = tuple(check_real(f"{name} {end}", v, low=0.0) for end, v in zip(("start", "end"), value))
-            setattr(self, name, pair)
+            start, end = (check_real(f"{name} {which}", v, low=0.0)
+                          for which, v in zip(("start", "end"), value))
+            setattr(self, name, (start, end))
         check_choice("anneal_schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
         if not isinstance(self.device, str) or not (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -394,15 +398,21 @@ def _log_line(rec: dict, epochs: int) -> str:
 
 # ------------------------------------------------------------------------------------ train
 
-def train(config: TrainConfig) -> RunResult:
-    """Train ``config``; see the module docstring for what happens and what is written."""
+def train(config: TrainConfig, *, dataset=None) -> RunResult:
+    """Train ``config``; see the module docstring for what happens and what is written.
+
+    ``dataset``: an already loaded :class:`~htaf.data.ImageDataset` to use instead of loading
+    ``config.data`` again (for sweeps that train many models on the same data; it should be the
+    dataset ``config.data`` names, since ``load_run`` reloads that one).
+    """
     from .data import load_dataset
 
     config.validate()
     rank, world, local_rank, created_group = _setup_distributed(config.device)
     try:
-        return _train(config, load_dataset(config.data, cache_dir=config.data_cache),
-                      rank, world, local_rank)
+        if dataset is None:
+            dataset = load_dataset(config.data, cache_dir=config.data_cache)
+        return _train(config, dataset, rank, world, local_rank)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -415,6 +425,10 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
                          f"processes ({world})")
     amp = device.type == "cuda" if config.amp is None else (config.amp and device.type == "cuda")
+    if device.type == "cuda":    # speed over bitwise reproducibility on the GPU
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     augment = dataset.image_size >= 32 if config.augment is None else config.augment
     log = config.log
     if log == "auto":
@@ -458,7 +472,8 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     if master and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        _atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        _atomic_write_text(run_dir / "metrics.jsonl",
+                           "".join(json.dumps(r) + "\n" for r in history))
 
     # ---- wrappers: compile, then DDP (both share the raw model's parameters)
     fast = model
@@ -472,13 +487,15 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         train_model = DDP(fast, device_ids=[local_rank] if device.type == "cuda" else None)
     extra_loss = getattr(model, "extra_loss", None)
     epoch_metrics = getattr(model, "epoch_metrics", None)
-    full_test = dataset.batches("test", config.eval_batch_size, device=device, shuffle=False,
-                                channels_last=config.channels_last) if epoch_metrics else None
-    if master:
-        say(f"{config.run_name()}: {config.model} on {dataset.name} ({dataset.train_x.shape[0]} "
-            f"train / {dataset.test_x.shape[0]} test), {sum(p.numel() for p in model.parameters()):,}"
-            f" parameters, {device}{f' × {world}' if world > 1 else ''}"
-            f"{', bf16' if amp else ''}{', compiled' if config.compile else ''}", flush=True)
+    full_test = test_batches   # the hook gets the whole test set, unsharded
+    if epoch_metrics is not None and world > 1:
+        full_test = dataset.batches("test", config.eval_batch_size, device=device, shuffle=False,
+                                    channels_last=config.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"{config.run_name()}: {config.model} on {dataset.name} ({dataset.train_x.shape[0]} "
+        f"train / {dataset.test_x.shape[0]} test), {n_params:,} parameters, {device}"
+        f"{f' × {world}' if world > 1 else ''}{', bf16' if amp else ''}"
+        f"{', compiled' if config.compile else ''}", flush=True)
 
     t_run = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     end_epoch = config.epochs if config.stop_after is None else min(
@@ -628,13 +645,12 @@ def _write_report(run_dir: Path, config: TrainConfig, history: list[dict], datas
 
     final = history[-1]
     best = max(evals, key=lambda r: r["hard_test_acc"]) if evals else None
-    lines = [f"# {config.run_name()}", "",
-             f"`{config.model}` {json.dumps(config.model_kwargs)} on `{dataset.name}` "
+    setup = (f"`{config.model}` {json.dumps(config.model_kwargs)} on `{dataset.name}` "
              f"({dataset.train_x.shape[0]} train / {dataset.test_x.shape[0]} test images, "
              f"{dataset.num_classes} classes), {len(history)} of {config.epochs} epochs, "
              f"{config.optimizer} lr {config.lr:g} ({config.schedule}), batch {config.batch_size}, "
-             f"seed {config.seed}.", "",
-             "| metric | final |", "|---|---|"]
+             f"seed {config.seed}.")
+    lines = [f"# {config.run_name()}", "", setup, "", "| metric | final |", "|---|---|"]
     for key in ("test_acc", "hard_test_acc", "gap", "dead_units", "train_loss", "train_acc"):
         if key in final:
             pct = key != "train_loss"
@@ -644,10 +660,11 @@ def _write_report(run_dir: Path, config: TrainConfig, history: list[dict], datas
             lines.append(f"| {key} | {_fmt(value)} |")
     lines.append(f"| wall time | {final['time']:.1f} s |")
     if best is not None:
-        lines += ["", f"Best hard-mode test accuracy {_fmt(best['hard_test_acc'], True)} at epoch "
-                      f"{best['epoch']}."]
+        lines += ["", (f"Best hard-mode test accuracy {_fmt(best['hard_test_acc'], True)} "
+                       f"at epoch {best['epoch']}.")]
     lines += ["", "![loss](loss.png) ![accuracy](accuracy.png)", "",
-              "| epoch | lr | γ | train loss | train acc | test acc | hard acc | gap | dead | time |",
+              ("| epoch | lr | γ | train loss | train acc | test acc | hard acc | gap | dead "
+               "| time |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in history:
         lines.append(f"| {r['epoch']} | {r['lr']:.3g} | {_fmt(r.get('gamma'))} | "
