@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from htaf.data import load_dataset
 from htaf.engine import TrainConfig, load_run, train
 from htaf.explain.metrics import collect, seed_flip_rate
 from htaf.explain.report import explain_run, normalized_test_batches
@@ -82,22 +83,21 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
 
     t0 = time.time()
+    data = load_dataset(args.data)                    # decoded once, shared by every run
     results = {}
     icbm_runs = []
     for seed in args.seeds:
-        r = train(_config("icbm_resnet18", args, seed, runs))
+        r = train(_config("icbm_resnet18", args, seed, runs), dataset=data)
         results[f"icbm_resnet18/s{seed}"] = _row(r)
         icbm_runs.append(r.run_dir)
-    r = train(_config("std_resnet18", args, args.seeds[0], runs))
+    r = train(_config("std_resnet18", args, args.seeds[0], runs), dataset=data)
     results[f"std_resnet18/s{args.seeds[0]}"] = _row(r)
 
     seed_rate = None
     if len(icbm_runs) >= 2:
-        models = [load_run(d)[:2] for d in icbm_runs[:2]]
-        data = models[0][1]
-        codes = [collect(m.to("cuda" if torch.cuda.is_available() else "cpu"),
-                         normalized_test_batches(data, 1000, next(m.parameters()).device)).codes
-                 for m, _ in models]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        codes = [collect(load_run(d, device=device)[0],
+                         normalized_test_batches(data, 1000, device)).codes for d in icbm_runs[:2]]
         seed_rate = seed_flip_rate(*codes)
     report = explain_run(icbm_runs[0], out_dir=args.report,
                          extra_metrics={"seed_flip_rate": seed_rate} if seed_rate is not None else None,
