@@ -179,3 +179,16 @@ def test_parse_flip():
     for bad in ("17", "17:", "a:1", "1:x"):
         with pytest.raises(ValueError, match="IMAGE_INDEX:CONCEPT"):
             parse_flip(bad)
+
+
+def test_explain_refuses_a_model_without_concepts(tmp_path, monkeypatch):
+    import types
+
+    import htaf.engine
+    from htaf.models import create_model
+
+    std = create_model("std_cnn", width=4)
+    config = types.SimpleNamespace(model="std_cnn", data="digits")
+    monkeypatch.setattr(htaf.engine, "load_run", lambda run_dir: (std, None, config))
+    with pytest.raises(ValueError, match="needs an ICBM"):
+        explain_run(tmp_path)
