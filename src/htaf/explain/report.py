@@ -33,6 +33,7 @@ __all__ = [
     "build_report",
     "concept_importance",
     "explain_run",
+    "normalize",
     "normalized_test_batches",
     "parse_flip",
 ]
@@ -284,15 +285,19 @@ def _default_images(out: ConceptOutputs, n: int = 6) -> list[int]:
     return sorted(right + wrong)
 
 
-def normalized_test_batches(dataset, batch_size: int, device
-                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split as normalized ``(x, y)`` batches, in order: x = (uint8/255 − mean) / std."""
-    x, y = dataset.test_x, dataset.test_y
-    c = x.shape[1]
+def normalize(dataset, images: torch.Tensor, device="cpu") -> torch.Tensor:
+    """uint8 images ``[B, C, H, W]`` of ``dataset`` → the model's input, (x/255 − mean) / std."""
+    c = images.shape[1]
     mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, c, 1, 1)
     std = torch.tensor(dataset.std, dtype=torch.float32).view(1, c, 1, 1)
-    return [(((xb.float() / 255 - mean) / std).to(device), yb.to(device))
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    return ((images.float() / 255 - mean) / std).to(device)
+
+
+def normalized_test_batches(dataset, batch_size: int, device="cpu"
+                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as normalized ``(x, y)`` batches, in order."""
+    return [(normalize(dataset, xb, device), yb.to(device))
+            for xb, yb in zip(dataset.test_x.split(batch_size), dataset.test_y.split(batch_size))]
 
 
 @torch.no_grad()
@@ -389,7 +394,7 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
 
     results, flip_cards = [], []
     for i, concepts in flips:
-        x = normalized_test_batches(_Subset(dataset, i), 1, device)[0][0]
+        x = normalize(dataset, dataset.test_x[i:i + 1], device)
         with using_mode(model, "hard"):
             before = model.intervene(x)[0].float().cpu()
             after = model.intervene(x, flip=list(concepts))[0].float().cpu()
@@ -446,14 +451,6 @@ class's logit (logit = bias + sum of the bars over all concepts that fired).</p>
     return Report(path, metrics, shown, chosen, classes, results)
 
 
-class _Subset:
-    """One test image of a dataset, for :func:`normalized_test_batches`."""
-
-    def __init__(self, dataset, i: int):
-        self.test_x, self.test_y = dataset.test_x[i:i + 1], dataset.test_y[i:i + 1]
-        self.mean, self.std = dataset.mean, dataset.std
-
-
 def _read_history(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -479,7 +476,8 @@ def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
         other, other_data, _ = load_run(compare)
         if not hasattr(other, "intervene") or other_data.test_x.shape != dataset.test_x.shape:
             raise ValueError(f"--compare {compare} must be an ICBM run on the same data")
-        codes = [collect(m, normalized_test_batches(dataset, 512, "cpu")).codes for m in (model, other)]
+        batches = normalized_test_batches(dataset, 512)
+        codes = [collect(m, batches).codes for m in (model, other)]
         kw["extra_metrics"] = {**(kw.get("extra_metrics") or {}),
                                "seed_flip_rate": seed_flip_rate(*codes)}
     kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.model} on {config.data})")
