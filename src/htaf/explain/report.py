@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,10 +294,10 @@ def normalize(dataset, images: torch.Tensor, device="cpu") -> torch.Tensor:
 
 
 def normalized_test_batches(dataset, batch_size: int, device="cpu"
-                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split as normalized ``(x, y)`` batches, in order."""
-    return [(normalize(dataset, xb, device), yb.to(device))
-            for xb, yb in zip(dataset.test_x.split(batch_size), dataset.test_y.split(batch_size))]
+                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as normalized ``(x, y)`` batches, in order (normalized one at a time)."""
+    for xb, yb in zip(dataset.test_x.split(batch_size), dataset.test_y.split(batch_size)):
+        yield normalize(dataset, xb, device), yb.to(device)
 
 
 @torch.no_grad()
@@ -476,8 +476,7 @@ def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
         other, other_data, _ = load_run(compare)
         if not hasattr(other, "intervene") or other_data.test_x.shape != dataset.test_x.shape:
             raise ValueError(f"--compare {compare} must be an ICBM run on the same data")
-        batches = normalized_test_batches(dataset, 512)
-        codes = [collect(m, batches).codes for m in (model, other)]
+        codes = [collect(m, normalized_test_batches(dataset, 512)).codes for m in (model, other)]
         kw["extra_metrics"] = {**(kw.get("extra_metrics") or {}),
                                "seed_flip_rate": seed_flip_rate(*codes)}
     kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.model} on {config.data})")
