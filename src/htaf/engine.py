@@ -617,6 +617,11 @@ def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- report + reload
 
+_LOOP_KEYS = {"epoch", "step", "lr", "gamma", "beta", "train_loss", "train_acc", "test_loss",
+              "test_acc", "hard_test_loss", "hard_test_acc", "gap", "dead_units", "eval_time",
+              "epoch_time", "time"}
+
+
 def _write_report(run_dir: Path, config: TrainConfig, history: list[dict], dataset) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -656,6 +661,9 @@ def _write_report(run_dir: Path, config: TrainConfig, history: list[dict], datas
         if key in final:
             pct = key != "train_loss"
             lines.append(f"| {key} | {_fmt(final[key], pct)} |")
+    for key, value in final.items():   # what the model's epoch_metrics() added
+        if key not in _LOOP_KEYS and isinstance(value, (int, float)):
+            lines.append(f"| {key} | {_fmt(value)} |")
     lines.append(f"| wall time | {final['time']:.1f} s |")
     if best is not None:
         lines += ["", (f"Best hard-mode test accuracy {_fmt(best['hard_test_acc'], True)} "
