@@ -258,7 +258,9 @@ class PackedConv2d(_PackedBase):
         dot = outs[0] if g == 1 else torch.cat(outs, dim=1)  # [B·ho·wo, O]
         if self._zero_pad():
             dot = (dot.view(B, ho * wo, -1) + self._correction(hp, wp, x.device)).view(-1, Og * g)
-        y = dot.view(B, ho, wo, -1).permute(0, 3, 1, 2).to(x.dtype)
+        # NCHW-contiguous, like the float conv's output: later ops (BN, pooling, real convs)
+        # pick their kernels, and so their float rounding, by memory format.
+        y = dot.view(B, ho, wo, -1).permute(0, 3, 1, 2).to(x.dtype).contiguous()
         return _finish(y, self.alpha, self.bias, 1)
 
     def _load_from_state_dict(self, *args, **kwargs):
