@@ -11,7 +11,7 @@ from htaf.models import create_model
 from htaf.nn import apply_constraints
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_split():
     """(x_train, y_train, x_test, y_test): 1437/360 split, standardized with the train statistics."""
     d = load_digits()
@@ -24,7 +24,7 @@ def digits_split():
     return x[tr], y[tr], x[te], y[te]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained_digits_mlp(activation: str = "htaf", epochs: int = 10):
     """bnn_mlp (real first layer, binary hidden layer, real head) trained with Adam + one-cycle,
     latent weights clipped after every step by ``apply_constraints``. Returns (model, steps)."""

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bnn_digits import digits_split, trained_digits_mlp
 from torch import nn
 
 import htaf.nn.binary as binary
+from bnn_digits import digits_split, trained_digits_mlp
 from htaf.functional import htaf_derivative
 from htaf.models import create_model
 from htaf.nn import (
-    BinaryConv2d, BinaryLinear, Sign, apply_constraints, binary_layers, set_mode, using_mode,
+    BinaryConv2d,
+    BinaryLinear,
+    Sign,
+    apply_constraints,
+    binary_layers,
+    set_mode,
+    using_mode,
 )
 
 

@@ -8,13 +8,20 @@ import os
 
 import pytest
 import torch
-from bnn_digits import digits_split, trained_digits_mlp
 from torch import nn
 
+from bnn_digits import digits_split, trained_digits_mlp
 from htaf.cli import main
 from htaf.deploy import (
-    PackedModel, hard_model, pack_bits, pack_model, packed_mismatches, popcount, state_nbytes,
-    training_steps, unpack_bits,
+    PackedModel,
+    hard_model,
+    pack_bits,
+    pack_model,
+    packed_mismatches,
+    popcount,
+    state_nbytes,
+    training_steps,
+    unpack_bits,
 )
 from htaf.models import create_model
 from htaf.nn import BinaryConv2d, BinaryLinear

@@ -193,8 +193,7 @@ class PackedConv2d(_PackedBase):
             setattr(self, name, getattr(layer, name))
         self.word_bits, self.backend = word_bits, backend
         w = layer.weight.detach()  # [O, C/g, kh, kw]
-        O, Cg, kh, kw = w.shape
-        g = self.groups
+        O, g = w.shape[0], self.groups
         bits = pack_bits(w.permute(0, 2, 3, 1) >= 0, word_bits)  # [O, kh, kw, Wg]
         self._store(layer, bits.reshape(g, O // g, -1))
         self._correction_cache: dict = {}

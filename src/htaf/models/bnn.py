@@ -59,7 +59,7 @@ class _Layers:
 
 
 def _width(c: int, width_mult: float) -> int:
-    return max(1, int(round(c * width_mult)))
+    return max(1, round(c * width_mult))
 
 
 def _check_common(in_channels, image_size, num_classes, width_mult):
