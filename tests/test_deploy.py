@@ -3,8 +3,10 @@ bit, save/load, the `htaf export` command, ONNX export."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -177,33 +179,58 @@ def test_training_steps_definition():
     assert training_steps({"step": 12}) == 12 and training_steps({"epoch": 3}) == 3
 
 
-def _write_run(run_dir, model, model_kwargs, step):
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {"model": "bnn_mlp", "model_kwargs": model_kwargs, "data": None}))
-    torch.save({"model": model.state_dict(), "step": step}, run_dir / "checkpoints" / "last.pt")
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real `htaf.engine.train` run of bnn_mlp on digits (a few CPU seconds)."""
+    from htaf.engine import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig(model="bnn_mlp", model_kwargs={"activation": "htaf", "hidden": [128, 128]},
+                      data="digits", epochs=3, optimizer="adamw", lr=1e-2, schedule="onecycle",
+                      batch_size=64, weight_decay=0.0, device="cpu", out_dir=str(out),
+                      name="bnn", log="none", anneal_gamma=None)
+    return train(cfg).run_dir
 
 
-def test_cli_export(tmp_path, capsys):
-    model, steps = trained_digits_mlp()
-    kw = dict(in_channels=1, image_size=8, num_classes=10, activation="htaf", hidden=[256, 256])
-    _write_run(tmp_path / "fresh", model, kw, step=0)
+def _rewrite_checkpoint(src, dst, **changes):
+    shutil.copytree(src, dst)
+    path = dst / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.update(changes)
+    torch.save(ckpt, path)
+
+
+def test_cli_export_of_a_trained_run(trained_run, tmp_path, capsys):
+    from htaf.engine import load_run
+
+    out, onnx_path = tmp_path / "m.htafbin", tmp_path / "m.onnx"
+    args = ["export", str(trained_run), "--out", str(out)]
+    if importlib.util.find_spec("onnx"):
+        args += ["--onnx", str(onnx_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "argmax agree 360/360" in printed and "smaller" in printed
+    model, dataset, _ = load_run(trained_run)
+    x = next(iter(dataset.batches("test", 1000, shuffle=False)))[0]
+    assert torch.equal(PackedModel.load(out)(x), hard_model(model)(x))
+    assert out.stat().st_size < state_nbytes(model)
+
+
+def test_cli_export_refuses_untrained_missing_and_full_precision(trained_run, tmp_path, capsys):
+    _rewrite_checkpoint(trained_run, tmp_path / "fresh", epoch=0, step=0)
     assert main(["export", str(tmp_path / "fresh"), "--out", str(tmp_path / "f.htafbin")]) == 2
     assert "untrained" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "f.htafbin")]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
-    relu = create_model("bnn_mlp", activation="relu")
-    _write_run(tmp_path / "relu", relu, {**kw, "activation": "relu"}, step=5)
+    relu = create_model("bnn_mlp", activation="relu", hidden=[128, 128])
+    _rewrite_checkpoint(trained_run, tmp_path / "relu", model=relu.state_dict())
+    cfg = json.loads((tmp_path / "relu" / "config.json").read_text())
+    cfg["model_kwargs"]["activation"] = "relu"
+    (tmp_path / "relu" / "config.json").write_text(json.dumps(cfg))
     assert main(["export", str(tmp_path / "relu"), "--out", str(tmp_path / "r.htafbin")]) == 2
     assert "no binary layers" in capsys.readouterr().err
-
-    _write_run(tmp_path / "run", model, kw, step=steps)
-    out = tmp_path / "m.htafbin"
-    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--no-check"]) == 0
-    assert "smaller" in capsys.readouterr().out
-    _, _, xte, _ = digits_split()
-    assert torch.equal(PackedModel.load(out)(xte), hard_model(model)(xte))
+    assert not (tmp_path / "f.htafbin").exists() and not (tmp_path / "r.htafbin").exists()
 
 
 def test_onnx_export_loads_and_matches(tmp_path):

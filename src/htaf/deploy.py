@@ -41,7 +41,7 @@ from .nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
 __all__ = [
     "pack_bits", "unpack_bits", "popcount", "packed_mismatches", "PackedLinear", "PackedConv2d",
     "PackedModel", "pack_model", "hard_model", "export_onnx", "export_run", "verify",
-    "training_steps", "normalized_test_images", "state_nbytes", "FORMAT",
+    "training_steps", "eval_batches", "state_nbytes", "FORMAT",
 ]
 
 FORMAT = "htaf-packed"
@@ -437,56 +437,21 @@ def training_steps(checkpoint: dict) -> int:
     return max(found, default=0)
 
 
-def _load_run(run_dir: Path):
-    """(model, dataset or None, config): ``htaf.engine.load_run`` when the engine is installed,
-    else the run-folder contract (``config.json``'s ``model``/``model_kwargs``, the ``model``
-    state_dict of ``checkpoints/last.pt``)."""
-    try:
-        from .engine import load_run
-    except ImportError:
-        load_run = None
-    if load_run is not None:
-        return load_run(run_dir)
-    import json
-
-    from .models import create_model
-
-    config = json.loads((run_dir / "config.json").read_text())
-    model = create_model(config["model"], **config.get("model_kwargs", {}))
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    dataset = None
-    if config.get("data") is not None:
-        try:
-            from .data import load_dataset
-        except ImportError:
-            load_dataset = None
-        if load_dataset is not None:
-            dataset = load_dataset(config["data"])
-    return model, dataset, config
+def eval_batches(dataset, batch_size: int = 512):
+    """The dataset's test images, normalized as the engine feeds them, NCHW-contiguous."""
+    for x, _ in dataset.batches("test", batch_size, shuffle=False, augment=False):
+        yield x.contiguous()
 
 
-def normalized_test_images(dataset) -> torch.Tensor:
-    """The dataset's test images as the engine feeds them: float, per-channel standardized."""
-    norm = getattr(dataset, "normalize", None)
-    if callable(norm):
-        return norm(dataset.test_x)
-    x = dataset.test_x.float() / 255.0
-    mean = torch.as_tensor(dataset.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(dataset.std, dtype=torch.float32).view(1, -1, 1, 1)
-    if float(mean.max()) > 1.5:  # statistics given on the 0–255 scale
-        mean, std = mean / 255.0, std / 255.0
-    return (x - mean) / std
-
-
-def verify(packed: PackedModel, model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict:
-    """Compare the packed model with the hard PyTorch model on ``x``: argmax agreement and the
-    largest logit difference (0.0 when bit-exact)."""
+def verify(packed: PackedModel, model: nn.Module, batches) -> dict:
+    """Compare the packed model with the hard PyTorch model on an iterable of input batches:
+    argmax agreement and the largest logit difference (0.0 when bit-exact)."""
     hard = hard_model(model)
-    agree, diff, n = 0, 0.0, len(x)
+    agree, diff, n = 0, 0.0, 0
     with torch.no_grad():
-        for s in range(0, n, batch_size):
-            a, b = hard(x[s:s + batch_size]), packed(x[s:s + batch_size])
+        for x in batches:
+            a, b = hard(x), packed(x)
+            n += len(x)
             agree += int((a.argmax(-1) == b.argmax(-1)).sum())
             diff = max(diff, float((a - b).abs().max()) if len(a) else 0.0)
     return {"n": n, "argmax_agree": agree, "max_abs_logit_diff": diff}
@@ -497,9 +462,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                check: bool = True) -> dict:
     """Pack a trained run's model to ``out`` (and/or export it to ONNX), verifying on the test set.
 
-    Raises ``FileNotFoundError`` for a missing run/checkpoint, ``ValueError`` for a checkpoint
-    that records no training step (see :func:`training_steps`), for a model without binary layers,
-    or if the packed predictions differ from the hard model's.
+    The run is rebuilt with ``htaf.engine.load_run``. Raises ``FileNotFoundError`` for a missing
+    run/checkpoint, ``ValueError`` for a checkpoint that records no training step (see
+    :func:`training_steps`), for a model without binary layers, or if the packed predictions
+    differ from the hard model's on the test set.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -512,14 +478,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     if training_steps(ckpt) <= 0:
         raise ValueError(f"{ckpt_path} records no training step (step/epoch missing or 0): the "
                          "model is untrained; train it before exporting")
-    model, dataset, config = _load_run(run_dir)
-    arch = {"model": config["model"], "model_kwargs": dict(config.get("model_kwargs", {}))}
+    from .engine import load_run
+
+    model, dataset, config = load_run(run_dir)
+    arch = {"model": config.model,
+            "model_kwargs": {**dataset.model_kwargs(), **dict(config.model_kwargs)}}
     report: dict = {"run": str(run_dir), "model": arch["model"]}
-    x = normalized_test_images(dataset) if (check and dataset is not None) else None
     if out is not None:
         packed = pack_model(model, word_bits=word_bits, arch=arch)
-        if x is not None:
-            report["verify"] = v = verify(packed, model, x)
+        if check:
+            report["verify"] = v = verify(packed, model, eval_batches(dataset))
             if v["argmax_agree"] != v["n"]:
                 raise ValueError(f"packed model disagrees with the hard model on "
                                  f"{v['n'] - v['argmax_agree']} of {v['n']} test images")
@@ -527,15 +495,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         report.update(out=str(path), packed_bytes=path.stat().st_size,
                       float_bytes=state_nbytes(model), packed_state_bytes=packed.nbytes())
     if onnx is not None:
-        example = x[:8] if x is not None else _example_input(config)
         if not binary_layers(model):
             raise ValueError("model has no binary layers; export the float model with "
                              "torch.onnx.export directly")
+        example = next(iter(eval_batches(dataset, 8)))
         report["onnx"] = export_onnx(model, onnx, example, check=check)
     return report
-
-
-def _example_input(config: dict) -> torch.Tensor:
-    kw = config.get("model_kwargs", {})
-    c, s = int(kw.get("in_channels", 1)), int(kw.get("image_size", 8))
-    return torch.randn(2, c, s, s)
