@@ -241,6 +241,43 @@ def _run_explain(args) -> int:
               f"{','.join(map(str, r.concepts))}: prediction {classes[r.pred_before]} -> "
               f"{classes[r.pred_after]}\n  before: {top(r.before)}\n  after:  {top(r.after)}")
     print(f"wrote {report.path}")
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="pack a trained BNN run to bits (XNOR/popcount) and/or export it to ONNX",
+        description="Turn a trained binary network into a packed-bit inference model (.htafbin: "
+                    "binary weights 64 a word, XNOR + popcount, full-precision first/last layers "
+                    "kept), verified on the run's test set against the hard PyTorch model; "
+                    "optionally export the hard model to ONNX.")
+    p.add_argument("run_dir", help="a run folder (runs/<name>) with config.json and "
+                                   "checkpoints/last.pt")
+    p.add_argument("--out", default=None, help="packed model file to write (e.g. model.htafbin)")
+    p.add_argument("--onnx", default=None, metavar="PATH", help="also export the hard model to "
+                                                                 "this ONNX file")
+    p.add_argument("--word-bits", type=int, choices=(32, 64), default=64,
+                   help="bits per packed word (default: 64)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the test-set verification and the ONNX checks")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .deploy import export_run
+
+    r = export_run(args.run_dir, args.out, onnx=args.onnx, word_bits=args.word_bits,
+                   check=not args.no_check)
+    if "verify" in r:
+        v = r["verify"]
+        print(f"verified on {v['n']} test images: argmax agree {v['argmax_agree']}/{v['n']}, "
+              f"max |logit diff| {v['max_abs_logit_diff']:.3g}")
+    if "out" in r:
+        ratio = r["float_bytes"] / max(1, r["packed_bytes"])
+        print(f"wrote {r['out']}: {r['packed_bytes']:,} bytes "
+              f"(float state_dict {r['float_bytes']:,} bytes, {ratio:.1f}x smaller)")
+    if "onnx" in r:
+        o = r["onnx"]
+        extra = (f", onnxruntime max |diff| {o['max_abs_diff']:.3g}, argmax equal "
+                 f"{o['argmax_equal']}" if o["onnxruntime"] else "")
+        print(f"wrote {o['path']} (onnx.checker ok{extra})")
     return 0
 
 
@@ -250,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "activations trained with HTAF.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_plot, _add_train, _add_explain):
+    for add in (_add_plot, _add_train, _add_explain, _add_export):
         add(sub)
     return parser
 

@@ -11,6 +11,7 @@ from .activation import (
     using_mode,
 )
 from .anneal import Anneal, schedule_value
+from .binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers, hard_sign
 
 __all__ = [
     "HTAF",
@@ -23,4 +24,5 @@ __all__ = [
     "schedule_value",
     "set_mode",
     "using_mode",
+    "BinaryLinear", "BinaryConv2d", "BinaryLayer", "binary_layers", "hard_sign",
 ]

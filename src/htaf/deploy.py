@@ -1,0 +1,503 @@
+r"""Deployment of binary networks: a packed-bit inference model and ONNX export.
+
+:func:`pack_model` turns a trained BNN (any model with :class:`~htaf.nn.BinaryLinear` /
+:class:`~htaf.nn.BinaryConv2d` layers) into a :class:`PackedModel` whose binary layers compute
+
+    dot(x_b, w_b) = n − 2·popcount(a ⊕ w) = 2·popcount(¬(a ⊕ w)) − n
+
+on bit-packed words (bit 1 = +1, bit 0 = −1; 64 or 32 bits a word, int64/int32 tensors), exactly,
+with integer ops only. Convolutions pack the channels of each pixel, gather the k×k taps of the
+packed words (im2col on words, 32–64× less memory than on floats), and run the same packed
+matmul. True zero padding (``pad_value=0``) is corrected exactly: a padded tap contributes
+−Σ_c w_b instead of 0, which a per-(position, channel) integer correction removes.
+
+The integer result is converted to float and goes through ``· α + b`` in the same order as the
+layer's own forward, so the packed model's output equals the hard PyTorch model's bit for bit;
+every other module (BatchNorm, pooling, the full-precision first/last layers, real shortcuts,
+RPReLU…) is kept as is, in eval mode. Binary layers with a real-valued input (``input_quantizer=None``)
+store their weights packed and unpack them once per call; layers with real weights are kept.
+
+File format (``.htafbin``): one ``torch.save`` of a dict of plain tensors and strings
+(``format``, ``version``, ``word_bits``, ``arch`` = ``{"model": name, "model_kwargs": {...}}``,
+``state_dict``), loadable with ``weights_only=True``; written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as TF
+
+from ._checks import check_choice
+from .nn.activation import set_mode
+from .nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
+
+__all__ = [
+    "pack_bits", "unpack_bits", "popcount", "packed_mismatches", "PackedLinear", "PackedConv2d",
+    "PackedModel", "pack_model", "hard_model", "export_onnx", "export_run", "verify",
+    "training_steps", "eval_batches", "state_nbytes", "FORMAT",
+]
+
+FORMAT = "htaf-packed"
+VERSION = 1
+_WORD_DTYPE = {64: torch.int64, 32: torch.int32}
+# SWAR popcount constants (all < 2^(bits−1), so they fit the signed dtype).
+_SWAR = {
+    64: (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101, 56),
+    32: (0x55555555, 0x33333333, 0x0F0F0F0F, 0x01010101, 24),
+}
+_CHUNK_ELEMENTS = 1 << 18  # elements of the [words, rows, out] XOR block of one chunk
+
+
+# -- bits ------------------------------------------------------------------------------------
+def pack_bits(bits: torch.Tensor, word_bits: int = 64) -> torch.Tensor:
+    """Pack a bool tensor along its last dim into int64 (or int32) words, little-endian bit order
+    (element i of a word is bit i); the last word is zero-filled. ``[..., n] → [..., ⌈n/wb⌉]``."""
+    check_choice("word_bits", word_bits, (32, 64))
+    n = bits.shape[-1]
+    words = -(-n // word_bits)
+    pad = words * word_bits - n
+    if bits.device.type == "cpu":
+        packed = np.packbits(bits.numpy(), axis=-1, bitorder="little")  # [..., ⌈n/8⌉] uint8
+        extra = words * word_bits // 8 - packed.shape[-1]
+        if extra:
+            packed = np.pad(packed, [(0, 0)] * (packed.ndim - 1) + [(0, extra)])
+        return torch.from_numpy(np.ascontiguousarray(packed)).view(_WORD_DTYPE[word_bits])
+    b = bits.to(torch.uint8)
+    if pad:
+        b = TF.pad(b, (0, pad))
+    b = b.reshape(*bits.shape[:-1], words * word_bits // 8, 8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
+    byte = (b * weights).sum(-1, dtype=torch.uint8)  # distinct powers of 2: the sum is the OR
+    return byte.contiguous().view(_WORD_DTYPE[word_bits])
+
+
+def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``[..., W]`` words → ``[..., n]`` bool."""
+    b = words.contiguous().view(torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
+    bits = (b.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :n].bool()
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of each int64/int32 element (SWAR bit trick, integer ops only)."""
+    bits = {torch.int64: 64, torch.int32: 32}.get(x.dtype)
+    if bits is None:
+        raise TypeError(f"popcount needs an int64 or int32 tensor, got {x.dtype}")
+    m1, m2, m4, h01, shift = _SWAR[bits]
+    x = x - ((x >> 1) & m1)
+    x = (x & m2) + ((x >> 2) & m2)
+    x = (x + (x >> 4)) & m4
+    return (x * h01) >> shift
+
+
+_HAS_NP_POPCOUNT = hasattr(np, "bitwise_count")
+_UNSIGNED = {torch.int64: np.uint64, torch.int32: np.uint32}
+
+
+def packed_mismatches(a: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """popcount(a ⊕ w) summed over words: ``a [M, W]``, ``w [O, W]`` → int32 ``[M, O]``.
+
+    ``backend``: ``"torch"`` (SWAR popcount on tensors, any device), ``"numpy"`` (hardware popcount
+    via ``np.bitwise_count``, CPU), ``"auto"`` (numpy on CPU when available). The words axis is
+    put first so the sum over it adds contiguous ``[rows, O]`` planes, and rows are processed in
+    chunks whose ``[W, rows, O]`` XOR block fits in cache.
+    """
+    check_choice("backend", backend, ("auto", "torch", "numpy"))
+    if backend == "auto":
+        backend = "numpy" if (_HAS_NP_POPCOUNT and a.device.type == "cpu") else "torch"
+    M, W = a.shape
+    O = w.shape[0]
+    rows = max(1, _CHUNK_ELEMENTS // max(1, O * W))
+    aT, wT = a.t().contiguous(), w.t().contiguous()
+    if backend == "numpy":
+        an, wn = aT.numpy().view(_UNSIGNED[a.dtype]), wT.numpy().view(_UNSIGNED[w.dtype])
+        out = np.empty((M, O), np.int32)
+        xor = np.empty((W, min(rows, M), O), an.dtype)
+        cnt = np.empty(xor.shape, np.uint8)
+        for s in range(0, M, rows):
+            m = min(M, s + rows) - s
+            np.bitwise_xor(an[:, s:s + m, None], wn[:, None, :], out=xor[:, :m])
+            np.bitwise_count(xor[:, :m], out=cnt[:, :m])
+            out[s:s + m] = cnt[:, :m].sum(0, dtype=np.int32)
+        return torch.from_numpy(out)
+    out = torch.empty(M, O, dtype=torch.int32, device=a.device)
+    for s in range(0, M, rows):
+        blk = aT[:, s:s + rows]
+        out[s:s + rows] = popcount(blk.unsqueeze(2) ^ wT.unsqueeze(1)).sum(0, dtype=torch.int32)
+    return out
+
+
+# -- packed layers -----------------------------------------------------------------------------
+def _finish(y: torch.Tensor, alpha, bias, channel_dim: int) -> torch.Tensor:
+    shape = [1] * y.dim()
+    shape[channel_dim] = -1
+    if alpha is not None:
+        y = y * alpha.to(y.dtype).view(shape)
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(shape)
+    return y
+
+
+class _PackedBase(nn.Module):
+    def _store(self, layer: BinaryLayer, weight_bits: torch.Tensor) -> None:
+        self.binary_input = layer.binary_input
+        self.register_buffer("weight_bits", weight_bits)
+        alpha = layer.weight_scale()
+        self.register_buffer("alpha", None if alpha is None else alpha.clone())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+
+    def extra_repr(self) -> str:
+        return (f"binary_input={self.binary_input}, word_bits={self.word_bits}, "
+                f"scaled={self.alpha is not None}, bias={self.bias is not None}")
+
+
+class PackedLinear(_PackedBase):
+    """The packed twin of a :class:`~htaf.nn.BinaryLinear` (hard mode)."""
+
+    def __init__(self, layer: BinaryLinear, word_bits: int = 64, backend: str = "auto"):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.word_bits, self.backend = word_bits, backend
+        self._store(layer, pack_bits(layer.weight.detach() >= 0, word_bits))
+
+    def signed_weight(self, dtype) -> torch.Tensor:
+        return unpack_bits(self.weight_bits, self.in_features).to(dtype) * 2 - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binary_input:
+            return _finish(TF.linear(x, self.signed_weight(x.dtype)), self.alpha, self.bias, -1)
+        lead = x.shape[:-1]
+        a = pack_bits(x.reshape(-1, self.in_features) >= 0, self.word_bits)
+        mism = packed_mismatches(a, self.weight_bits, self.backend)
+        dot = self.in_features - 2 * mism
+        y = dot.to(x.dtype).reshape(*lead, self.out_features)
+        return _finish(y, self.alpha, self.bias, -1)
+
+
+class PackedConv2d(_PackedBase):
+    """The packed twin of a :class:`~htaf.nn.BinaryConv2d` (hard mode): channels packed per
+    pixel, im2col on the words, packed matmul; zero padding corrected exactly."""
+
+    def __init__(self, layer: BinaryConv2d, word_bits: int = 64, backend: str = "auto"):
+        super().__init__()
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "padding_mode", "pad_value"):
+            setattr(self, name, getattr(layer, name))
+        self.word_bits, self.backend = word_bits, backend
+        w = layer.weight.detach()  # [O, C/g, kh, kw]
+        O, g = w.shape[0], self.groups
+        bits = pack_bits(w.permute(0, 2, 3, 1) >= 0, word_bits)  # [O, kh, kw, Wg]
+        self._store(layer, bits.reshape(g, O // g, -1))
+        self._correction_cache: dict = {}
+
+    def _signed_weight(self, dtype) -> torch.Tensor:
+        O, Cg = self.out_channels, self.in_channels // self.groups
+        kh, kw = self.kernel_size
+        bits = unpack_bits(self.weight_bits.reshape(O, kh, kw, -1), Cg)
+        return (bits.to(dtype) * 2 - 1).permute(0, 3, 1, 2).contiguous()
+
+    def _zero_pad(self) -> bool:
+        return self.padding_mode == "zeros" and self.pad_value == 0 and any(self.padding)
+
+    def _correction(self, hp: int, wp: int, device) -> torch.Tensor:
+        """Integer correction for true zero padding, ``[Ho·Wo, O]``: padded taps were packed as −1
+        (bit 0) and contributed −Σ_c w_b[o, c, tap]; the exact dot has 0 there."""
+        key = (hp, wp, str(device))
+        corr = self._correction_cache.get(key)
+        if corr is None:
+            ph, pw = self.padding
+            mask = torch.ones(1, 1, hp, wp, dtype=torch.float64, device=device)
+            mask[..., ph:hp - ph, pw:wp - pw] = 0
+            wsum = self._signed_weight(torch.float64).sum(1, keepdim=True)  # [O, 1, kh, kw]
+            c = TF.conv2d(mask, wsum, None, self.stride, 0, self.dilation)  # exact small ints
+            corr = c[0].permute(1, 2, 0).reshape(-1, self.out_channels).round().to(torch.int32)
+            self._correction_cache[key] = corr
+        return corr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.padding
+        if not self.binary_input:
+            if self.padding_mode != "zeros":
+                x, padding = TF.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), 0
+            else:
+                padding = self.padding
+            y = TF.conv2d(x, self._signed_weight(x.dtype), None, self.stride, padding,
+                          self.dilation, self.groups)
+            return _finish(y, self.alpha, self.bias, 1)
+        bits = x >= 0  # [B, C, H, W]
+        if ph or pw:
+            if self.padding_mode != "zeros":
+                bits = TF.pad(bits.to(x.dtype), (pw, pw, ph, ph), mode=self.padding_mode) > 0
+            else:  # pad_value +1 → bit 1; −1 and true zero (corrected below) → bit 0
+                bits = TF.pad(bits, (pw, pw, ph, ph), value=self.pad_value > 0)
+        B, C, hp, wp = bits.shape
+        kh, kw = self.kernel_size
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        ho = (hp - dh * (kh - 1) - 1) // sh + 1
+        wo = (wp - dw * (kw - 1) - 1) // sw + 1
+        g, Cg, Og = self.groups, C // self.groups, self.out_channels // self.groups
+        pix = bits.permute(0, 2, 3, 1).reshape(B, hp, wp, g, Cg)
+        words = pack_bits(pix, self.word_bits)  # [B, hp, wp, g, Wg]
+        taps = [words[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                for i in range(kh) for j in range(kw)]
+        patches = torch.stack(taps, dim=4)  # [B, ho, wo, g, kh·kw, Wg]
+        n = Cg * kh * kw
+        outs = []
+        for gi in range(g):
+            p = patches[:, :, :, gi].reshape(B * ho * wo, -1)
+            outs.append(n - 2 * packed_mismatches(p, self.weight_bits[gi], self.backend))
+        dot = outs[0] if g == 1 else torch.cat(outs, dim=1)  # [B·ho·wo, O]
+        if self._zero_pad():
+            dot = (dot.view(B, ho * wo, -1) + self._correction(hp, wp, x.device)).view(-1, Og * g)
+        # NCHW-contiguous, like the float conv's output: later ops (BN, pooling, real convs)
+        # pick their kernels, and so their float rounding, by memory format.
+        y = dot.view(B, ho, wo, -1).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+        return _finish(y, self.alpha, self.bias, 1)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._correction_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+# -- the model -----------------------------------------------------------------------------------
+def state_nbytes(module: nn.Module) -> int:
+    """Bytes of every tensor in ``module.state_dict()`` (parameters and buffers)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _convert(model: nn.Module, word_bits: int, backend: str) -> int:
+    """Replace, in place, every binary layer with binary weights by its packed twin; return how
+    many were replaced."""
+    count = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, BinaryLayer) and child.binary_weight:
+            cls = PackedConv2d if isinstance(child, BinaryConv2d) else PackedLinear
+            setattr(model, name, cls(child, word_bits, backend))
+            count += 1
+        else:
+            count += _convert(child, word_bits, backend)
+    return count
+
+
+class PackedModel(nn.Module):
+    """A BNN for inference with bit-packed binary layers; ``forward(x)`` like the hard model.
+
+    Build with :func:`pack_model`; ``save(path)`` / ``PackedModel.load(path)`` for one file.
+    ``nbytes()`` is the size of what is stored (packed words, α, biases, BN, real layers).
+    """
+
+    def __init__(self, module: nn.Module, *, word_bits: int = 64, arch: dict | None = None):
+        super().__init__()
+        self.module = module
+        self.word_bits = word_bits
+        self.arch = copy.deepcopy(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module(x)
+
+    def set_backend(self, backend: str) -> PackedModel:
+        """``"auto"``, ``"torch"`` or ``"numpy"`` popcount for every packed layer."""
+        check_choice("backend", backend, ("auto", "torch", "numpy"))
+        for m in self.module.modules():
+            if isinstance(m, (PackedLinear, PackedConv2d)):
+                m.backend = backend
+        return self
+
+    def nbytes(self) -> int:
+        return state_nbytes(self.module)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one file atomically (temp file in the same folder, then rename)."""
+        if self.arch is None:
+            raise ValueError("this packed model has no architecture record; pass "
+                             "arch={'model': name, 'model_kwargs': {...}} to pack_model to save it")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, "version": VERSION, "word_bits": self.word_bits,
+                   "arch": self.arch, "state_dict": self.module.state_dict()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> PackedModel:
+        """Rebuild the model named in the file's ``arch`` and load its packed state."""
+        from .models import create_model
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no packed model at {path}")
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an htaf packed model (format {FORMAT!r})")
+        if payload.get("version") != VERSION:
+            raise ValueError(f"{path}: unsupported packed format version {payload.get('version')}")
+        arch, word_bits = payload["arch"], payload["word_bits"]
+        module = create_model(arch["model"], **arch.get("model_kwargs", {}))
+        module.eval()
+        set_mode(module, "hard")
+        _convert(module, word_bits, "auto")
+        module.load_state_dict(payload["state_dict"])
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return cls(module, word_bits=word_bits, arch=arch)
+
+
+def pack_model(model: nn.Module, *, word_bits: int = 64, arch: dict | None = None,
+               backend: str = "auto") -> PackedModel:
+    """A packed copy of ``model`` in hard mode (``model`` itself is not changed).
+
+    ``arch = {"model": name, "model_kwargs": {...}}`` (as in a run's config) lets the result be
+    saved and rebuilt with :meth:`PackedModel.load`. Raises ``ValueError`` if ``model`` has no
+    binary layer with binary weights (e.g. the ``activation="relu"`` ceiling).
+    """
+    check_choice("word_bits", word_bits, (32, 64))
+    check_choice("backend", backend, ("auto", "torch", "numpy"))
+    module = copy.deepcopy(model).cpu().eval()
+    set_mode(module, "hard")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    if _convert(module, word_bits, backend) == 0:
+        raise ValueError("model has no binary layers with binary weights to pack "
+                         "(a full-precision model, e.g. the activation='relu' ceiling, "
+                         "has nothing to export to packed bits)")
+    return PackedModel(module, word_bits=word_bits, arch=arch)
+
+
+def hard_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval and hard mode, on the CPU, without gradients."""
+    m = copy.deepcopy(model).cpu().eval()
+    set_mode(m, "hard")
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
+                opset: int = 17, check: bool = True) -> dict:
+    """Export the hard model to ONNX (exact sign written as ``Where(x >= 0, 1, −1)``), check it
+    with ``onnx.checker`` and, if ``onnxruntime`` is installed, compare its output with PyTorch's.
+
+    Returns ``{"path", "onnxruntime": bool, "max_abs_diff", "argmax_equal"}``.
+    """
+    import warnings
+
+    m = hard_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = example.detach().cpu()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        expected = m(example)
+    info = {"path": str(path), "onnxruntime": False, "max_abs_diff": None, "argmax_equal": None}
+    if check:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(path)))
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return info
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(sess.run(None, {"input": example.numpy()})[0])
+        info.update(onnxruntime=True, max_abs_diff=float((got - expected).abs().max()),
+                    argmax_equal=bool((got.argmax(-1) == expected.argmax(-1)).all()))
+    return info
+
+
+
+# -- from a run folder (the `htaf export` command) ------------------------------------------------
+_STEP_KEYS = ("step", "global_step", "steps", "epoch")
+
+
+def training_steps(checkpoint: dict) -> int:
+    """The training progress a checkpoint records: the largest of its ``step``/``global_step``/
+    ``steps``/``epoch`` entries (0 if none). A checkpoint with 0 is *untrained*."""
+    found = [int(checkpoint[k]) for k in _STEP_KEYS
+             if isinstance(checkpoint.get(k), (int, float)) and not isinstance(checkpoint[k], bool)]
+    return max(found, default=0)
+
+
+def eval_batches(dataset, batch_size: int = 512):
+    """The dataset's test images, normalized as the engine feeds them, NCHW-contiguous."""
+    for x, _ in dataset.batches("test", batch_size, shuffle=False, augment=False):
+        yield x.contiguous()
+
+
+def verify(packed: PackedModel, model: nn.Module, batches) -> dict:
+    """Compare the packed model with the hard PyTorch model on an iterable of input batches:
+    argmax agreement and the largest logit difference (0.0 when bit-exact)."""
+    hard = hard_model(model)
+    agree, diff, n = 0, 0.0, 0
+    with torch.no_grad():
+        for x in batches:
+            a, b = hard(x), packed(x)
+            n += len(x)
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            diff = max(diff, float((a - b).abs().max()) if len(a) else 0.0)
+    return {"n": n, "argmax_agree": agree, "max_abs_logit_diff": diff}
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+               onnx: str | os.PathLike | None = None, word_bits: int = 64,
+               check: bool = True) -> dict:
+    """Pack a trained run's model to ``out`` (and/or export it to ONNX), verifying on the test set.
+
+    The run is rebuilt with ``htaf.engine.load_run``. Raises ``FileNotFoundError`` for a missing
+    run/checkpoint, ``ValueError`` for a checkpoint that records no training step (see
+    :func:`training_steps`), for a model without binary layers, or if the packed predictions
+    differ from the hard model's on the test set.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if not (run_dir / "config.json").is_file() or not ckpt_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (needs config.json and "
+                                "checkpoints/last.pt)")
+    if out is None and onnx is None:
+        raise ValueError("nothing to do: give --out and/or --onnx")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if training_steps(ckpt) <= 0:
+        raise ValueError(f"{ckpt_path} records no training step (step/epoch missing or 0): the "
+                         "model is untrained; train it before exporting")
+    from .engine import load_run
+
+    model, dataset, config = load_run(run_dir)
+    arch = {"model": config.model,
+            "model_kwargs": {**dataset.model_kwargs(), **dict(config.model_kwargs)}}
+    report: dict = {"run": str(run_dir), "model": arch["model"]}
+    if out is not None:
+        packed = pack_model(model, word_bits=word_bits, arch=arch)
+        if check:
+            report["verify"] = v = verify(packed, model, eval_batches(dataset))
+            if v["argmax_agree"] != v["n"]:
+                raise ValueError(f"packed model disagrees with the hard model on "
+                                 f"{v['n'] - v['argmax_agree']} of {v['n']} test images")
+        path = packed.save(out)
+        report.update(out=str(path), packed_bytes=path.stat().st_size,
+                      float_bytes=state_nbytes(model), packed_state_bytes=packed.nbytes())
+    if onnx is not None:
+        if not binary_layers(model):
+            raise ValueError("model has no binary layers; export the float model with "
+                             "torch.onnx.export directly")
+        example = next(iter(eval_batches(dataset, 8)))
+        report["onnx"] = export_onnx(model, onnx, example, check=check)
+    return report

@@ -1,0 +1,249 @@
+"""Packed-bit deployment: bit tricks, packed layers and models equal to the hard model bit for
+bit, save/load, the `htaf export` command, ONNX export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from bnn_digits import digits_split, trained_digits_mlp
+from htaf.cli import main
+from htaf.deploy import (
+    PackedModel,
+    hard_model,
+    pack_bits,
+    pack_model,
+    packed_mismatches,
+    popcount,
+    state_nbytes,
+    training_steps,
+    unpack_bits,
+)
+from htaf.models import create_model
+from htaf.nn import BinaryConv2d, BinaryLinear
+
+BACKENDS = ["torch", "numpy"]
+
+
+def _python_popcount(values, bits):
+    return [bin(v & ((1 << bits) - 1)).count("1") for v in values]
+
+
+@pytest.mark.parametrize("dtype,bits", [(torch.int64, 64), (torch.int32, 32)])
+def test_popcount_matches_python(dtype, bits):
+    g = torch.Generator().manual_seed(0)
+    info = torch.iinfo(dtype)
+    x = torch.randint(info.min, info.max, (500,), dtype=dtype, generator=g)
+    x = torch.cat([x, torch.tensor([0, -1, 1, info.min, info.max], dtype=dtype)])
+    assert popcount(x).tolist() == _python_popcount(x.tolist(), bits)
+    with pytest.raises(TypeError):
+        popcount(torch.zeros(2))
+
+
+@pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 63, 64, 65, 130])
+@pytest.mark.parametrize("word_bits", [32, 64])
+def test_pack_unpack_roundtrip(n, word_bits):
+    bits = torch.rand(3, 2, n, generator=torch.Generator().manual_seed(n)) > 0.5
+    words = pack_bits(bits, word_bits)
+    assert words.dtype == (torch.int64 if word_bits == 64 else torch.int32)
+    assert words.shape == (3, 2, -(-n // word_bits))
+    assert torch.equal(unpack_bits(words, n), bits)
+    assert torch.equal(popcount(words).sum(-1), bits.sum(-1))  # zero fill adds no bits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_mismatches_is_xnor_popcount_dot(backend):
+    g = torch.Generator().manual_seed(0)
+    n = 150
+    a = torch.rand(37, n, generator=g) > 0.5
+    w = torch.rand(11, n, generator=g) > 0.5
+    mism = packed_mismatches(pack_bits(a), pack_bits(w), backend)
+    sa, sw = a.float() * 2 - 1, w.float() * 2 - 1
+    assert torch.equal((n - 2 * mism).float(), sa @ sw.T)
+
+
+CONV_CASES = [
+    dict(padding=1),
+    dict(padding=1, pad_value=1),
+    dict(padding=1, pad_value=-1),
+    dict(padding=2, stride=2, dilation=2),
+    dict(padding=(1, 0), stride=(1, 2), kernel_size=(3, 2)),
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding=1, groups=2),
+    dict(padding=0, bias=False, scale=None),
+    dict(padding=1, input_quantizer=None),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("word_bits", [32, 64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_conv_equals_hard_conv_bit_for_bit(case, word_bits, backend):
+    torch.manual_seed(0)
+    case = dict(case)
+    k = case.pop("kernel_size", 3)
+    model = nn.Sequential(BinaryConv2d(70, 10, k, **case), nn.BatchNorm2d(10))
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 70, 9, 11)
+    x[0, :, 0, 0] = 0.0
+    assert torch.equal(pack_model(model, word_bits=word_bits, backend=backend)(x),
+                       hard_model(model)(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_linear_equals_hard_linear(backend):
+    torch.manual_seed(0)
+    for layer in (BinaryLinear(100, 7), BinaryLinear(64, 3, bias=False, scale=None),
+                  BinaryLinear(20, 5, input_quantizer=None)):
+        x = torch.randn(6, layer.in_features)
+        assert torch.equal(pack_model(nn.Sequential(layer), backend=backend)(x), layer.eval()(x))
+
+
+def _randomize_float_parts(model):
+    """Give BN statistics and ReActNet's shifts non-trivial values (a fresh model has zeros)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    for name, p in model.named_parameters():
+        if "shift" in name or name.endswith("threshold.bias"):
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("bnn_vgg_small", dict(in_channels=3, image_size=16, width_mult=0.25)),
+    ("bnn_vgg_small", dict(in_channels=3, image_size=8, width_mult=1 / 16, binary_first=True,
+                           binary_last=True, hidden=24)),
+    ("bnn_resnet18", dict(in_channels=3, image_size=16, width_mult=1 / 16,
+                          learnable_threshold=True, rprelu=True)),
+    ("bnn_mlp", dict(in_channels=1, image_size=8, binary_first=True, binary_last=True)),
+])
+def test_packed_models_equal_hard_models(name, kw):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, **kw)
+    with torch.no_grad():
+        _randomize_float_parts(model)
+    x = torch.randn(8, kw["in_channels"], kw["image_size"], kw["image_size"])
+    packed = pack_model(model)
+    expected = hard_model(model)(x)
+    assert torch.equal(packed(x), expected)
+    assert packed.nbytes() < state_nbytes(model)
+
+
+def test_trained_mlp_packed_equals_hard_on_the_digits_test_set():
+    model, _ = trained_digits_mlp()
+    _, _, xte, yte = digits_split()
+    packed = pack_model(model)
+    expected = hard_model(model)(xte)
+    got = packed(xte)
+    assert torch.equal(got, expected)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert float((got.argmax(1) == yte).float().mean()) >= 0.9
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    kw = dict(in_channels=3, image_size=8, num_classes=4, width_mult=1 / 16)
+    model = create_model("bnn_vgg_small", **kw)
+    packed = pack_model(model, word_bits=32, arch={"model": "bnn_vgg_small", "model_kwargs": kw})
+    path = packed.save(tmp_path / "m.htafbin")
+    assert os.listdir(tmp_path) == ["m.htafbin"]  # atomic: no temp file left
+    loaded = PackedModel.load(path)
+    x = torch.randn(5, 3, 8, 8)
+    assert loaded.word_bits == 32 and torch.equal(loaded(x), hard_model(model)(x))
+    with pytest.raises(ValueError, match="architecture"):
+        pack_model(model).save(tmp_path / "x.htafbin")
+    torch.save({"format": "other"}, tmp_path / "bad.htafbin")
+    with pytest.raises(ValueError, match="not an htaf packed model"):
+        PackedModel.load(tmp_path / "bad.htafbin")
+
+
+def test_full_precision_model_cannot_be_packed():
+    with pytest.raises(ValueError, match="no binary layers"):
+        pack_model(create_model("bnn_mlp", activation="relu"))
+    with pytest.raises(ValueError, match="no binary layers"):
+        pack_model(nn.Sequential(BinaryLinear(4, 4, weight_quantizer=None)))
+
+
+def test_training_steps_definition():
+    assert training_steps({"model": {}}) == 0
+    assert training_steps({"step": 0, "epoch": 0}) == 0
+    assert training_steps({"step": 12}) == 12 and training_steps({"epoch": 3}) == 3
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real `htaf.engine.train` run of bnn_mlp on digits (a few CPU seconds)."""
+    from htaf.engine import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig(model="bnn_mlp", model_kwargs={"activation": "htaf", "hidden": [128, 128]},
+                      data="digits", epochs=3, optimizer="adamw", lr=1e-2, schedule="onecycle",
+                      batch_size=64, weight_decay=0.0, device="cpu", out_dir=str(out),
+                      name="bnn", log="none", anneal_gamma=None)
+    return train(cfg).run_dir
+
+
+def _rewrite_checkpoint(src, dst, **changes):
+    shutil.copytree(src, dst)
+    path = dst / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.update(changes)
+    torch.save(ckpt, path)
+
+
+def test_cli_export_of_a_trained_run(trained_run, tmp_path, capsys):
+    from htaf.engine import load_run
+
+    out, onnx_path = tmp_path / "m.htafbin", tmp_path / "m.onnx"
+    args = ["export", str(trained_run), "--out", str(out)]
+    if importlib.util.find_spec("onnx"):
+        args += ["--onnx", str(onnx_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "argmax agree 360/360" in printed and "smaller" in printed
+    model, dataset, _ = load_run(trained_run)
+    x = next(iter(dataset.batches("test", 1000, shuffle=False)))[0]
+    assert torch.equal(PackedModel.load(out)(x), hard_model(model)(x))
+    assert out.stat().st_size < state_nbytes(model)
+
+
+def test_cli_export_refuses_untrained_missing_and_full_precision(trained_run, tmp_path, capsys):
+    _rewrite_checkpoint(trained_run, tmp_path / "fresh", epoch=0, step=0)
+    assert main(["export", str(tmp_path / "fresh"), "--out", str(tmp_path / "f.htafbin")]) == 2
+    assert "untrained" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "f.htafbin")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+    relu = create_model("bnn_mlp", activation="relu", hidden=[128, 128])
+    _rewrite_checkpoint(trained_run, tmp_path / "relu", model=relu.state_dict())
+    cfg = json.loads((tmp_path / "relu" / "config.json").read_text())
+    cfg["model_kwargs"]["activation"] = "relu"
+    (tmp_path / "relu" / "config.json").write_text(json.dumps(cfg))
+    assert main(["export", str(tmp_path / "relu"), "--out", str(tmp_path / "r.htafbin")]) == 2
+    assert "no binary layers" in capsys.readouterr().err
+    assert not (tmp_path / "f.htafbin").exists() and not (tmp_path / "r.htafbin").exists()
+
+
+def test_onnx_export_loads_and_matches(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from htaf.deploy import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("bnn_vgg_small", in_channels=3, image_size=8, num_classes=4,
+                         width_mult=1 / 16)
+    with torch.no_grad():
+        _randomize_float_parts(model)
+    x = torch.randn(3, 3, 8, 8)
+    info = export_onnx(model, tmp_path / "m.onnx", x)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+    if info["onnxruntime"]:
+        assert info["argmax_equal"] and info["max_abs_diff"] < 1e-4
