@@ -1,5 +1,6 @@
 """Model families (DHN, SNN, BNN, ICBM) behind one registry: ``create_model(name, **kw)``."""
 
+from . import snn  # noqa: F401  (registers snn_*)
 from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]
