@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from htaf.nn import LIFNode  # noqa: E402
-from htaf.surrogates import get_surrogate  # noqa: E402
+from htaf.nn import LIFNode
+from htaf.surrogates import get_surrogate
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -114,12 +114,12 @@ def test_model_resets_state_between_batches():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(step_mode="x"), "step_mode"),
-    (dict(tau=1.0), "tau"),
-    (dict(tau=0.5), "tau"),
-    (dict(v_threshold=float("nan")), "v_threshold"),
-    (dict(backend="cupy"), "backend"),
-    (dict(surrogate="nope"), "surrogate"),
+    ({"step_mode": "x"}, "step_mode"),
+    ({"tau": 1.0}, "tau"),
+    ({"tau": 0.5}, "tau"),
+    ({"v_threshold": float("nan")}, "v_threshold"),
+    ({"backend": "cupy"}, "backend"),
+    ({"surrogate": "nope"}, "surrogate"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -143,10 +143,10 @@ def test_bad_shapes():
 
 
 @pytest.mark.parametrize("name, kw", [
-    ("snn_vgg", dict(width=4, depth=4)),
-    ("snn_vgg", dict(width=4, depth=2, activation="relu")),
-    ("snn_sew_resnet", dict(width=4, neuron="plif", encoding="rate", activation="atan")),
-    ("snn_sew_resnet", dict(width=4, neuron="if", v_reset=None, activation="htaf", beta=8.0)),
+    ("snn_vgg", {"width": 4, "depth": 4}),
+    ("snn_vgg", {"width": 4, "depth": 2, "activation": "relu"}),
+    ("snn_sew_resnet", {"width": 4, "neuron": "plif", "encoding": "rate", "activation": "atan"}),
+    ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf", "beta": 8.0}),
 ])
 def test_cnn_models_shapes_and_grads(name, kw):
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from torch import nn
 from .functional import binarize
 from .surrogates import Surrogate, get_surrogate
 
-__all__ = ["SpikeFunction", "spikingjelly_surrogate", "snntorch_spike_grad"]
+__all__ = ["SpikeFunction", "snntorch_spike_grad", "spikingjelly_surrogate"]
 
 
 class SpikeFunction(nn.Module):

@@ -46,8 +46,15 @@ try:  # Triton is optional: the reference serves every device without it.
 except ImportError:  # pragma: no cover - depends on the environment
     HAS_TRITON = False
 
-__all__ = ["lif_multistep", "lif_multistep_reference", "lif_step_reference", "kernel_surrogate",
-           "triton_supports", "MAX_T", "HAS_TRITON"]
+__all__ = [
+    "HAS_TRITON",
+    "MAX_T",
+    "kernel_surrogate",
+    "lif_multistep",
+    "lif_multistep_reference",
+    "lif_step_reference",
+    "triton_supports",
+]
 
 MAX_T = 64
 _SURROGATE_IDS = {"htaf": 0, "sigmoid": 1, "atan": 2}

@@ -27,7 +27,7 @@ from ..nn.spiking import BaseNode, IFNode, LIFNode, ParametricLIFNode, reset_net
 from ..surrogates import get_surrogate
 from .registry import register_model
 
-__all__ = ["SeqToANN", "SpikingNet", "snn_mlp", "snn_vgg", "snn_sew_resnet"]
+__all__ = ["SeqToANN", "SpikingNet", "snn_mlp", "snn_sew_resnet", "snn_vgg"]
 
 _NEURONS = {"lif": LIFNode, "if": IFNode, "plif": ParametricLIFNode}
 _ENCODINGS = ("direct", "rate")
@@ -63,8 +63,8 @@ class _NeuronFactory:
                 key = "htaf"
             self.surrogate = None if self.relu else get_surrogate(key, **surrogate_params)
         self.cls = _NEURONS[check_choice("neuron", neuron, tuple(_NEURONS))]
-        self.kw = dict(v_threshold=check_real("v_threshold", v_threshold),
-                       v_reset=v_reset, detach_reset=detach_reset, step_mode="m", backend=backend)
+        self.kw = {"v_threshold": check_real("v_threshold", v_threshold),
+                       "v_reset": v_reset, "detach_reset": detach_reset, "step_mode": "m", "backend": backend}
         self.tau = tau
 
     def __call__(self) -> nn.Module:

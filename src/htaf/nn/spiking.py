@@ -32,7 +32,7 @@ from .._checks import check_choice, check_real
 from ..kernels import lif as lif_kernels
 from ..surrogates import Surrogate, get_surrogate
 
-__all__ = ["BaseNode", "IFNode", "LIFNode", "ParametricLIFNode", "IF", "LIF", "PLIF", "reset_net"]
+__all__ = ["IF", "LIF", "PLIF", "BaseNode", "IFNode", "LIFNode", "ParametricLIFNode", "reset_net"]
 
 _BACKENDS = ("auto", "triton", "torch")
 
@@ -96,9 +96,9 @@ class BaseNode(nn.Module):
         return torch.full_like(x, self.v)
 
     def _step_kwargs(self) -> dict:
-        return dict(v_threshold=self.v_threshold, v_reset=self.v_reset,
-                    decay_input=getattr(self, "decay_input", True),
-                    detach_reset=self.detach_reset, surrogate=self.surrogate, leaky=self.leaky)
+        return {"v_threshold": self.v_threshold, "v_reset": self.v_reset,
+                    "decay_input": getattr(self, "decay_input", True),
+                    "detach_reset": self.detach_reset, "surrogate": self.surrogate, "leaky": self.leaky}
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         s, v = lif_kernels.lif_step_reference(x, self._state_like(x), self.decay(),
