@@ -34,9 +34,13 @@ CASES = [
     ("T1", True, True, 0.0, False, "htaf", 1, 7, True),
     ("N1_T8", True, True, 0.0, False, "htaf", 8, 1, False),
     ("blocks_T3", True, True, 0.0, False, "htaf", 3, 1500, False),
+    # T > MAX_T_RECOMPUTE: the forward saves H and the second backward kernel reads it
+    ("long_T_hard", True, True, 0.0, False, "htaf", 19, 23, False),
+    ("long_T_plif_soft", True, False, None, False, "sigmoid", 18, 1100, True),
+    ("long_T_if_detach", False, True, -0.3, True, "atan", 17, 9, False),
 ]
 DTYPES = ("float32", "bfloat16")
-BF16_CASES = {"lif_hard", "lif_soft_detach", "if_hard", "plif_hard", "T1"}  # bf16: a subset
+BF16_CASES = {"lif_hard", "lif_soft_detach", "if_hard", "plif_hard", "T1", "long_T_hard"}  # bf16: a subset
 PAIRS = [(c[0], d) for c in CASES for d in DTYPES if d == "float32" or c[0] in BF16_CASES]
 
 
@@ -136,12 +140,46 @@ def test_lifnode_uses_kernel_on_cuda_large():
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+def test_kernels_compile_for_hopper():
+    """The interpreter is more lenient than the compiler: compile every kernel to a cubin for
+    sm_90a (no GPU needed), with the constexpr branches that differ most."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from htaf.kernels import lif
+
+    if not hasattr(lif._lif_fwd_kernel, "arg_names"):
+        pytest.skip("kernels were built for the interpreter in this process")
+    target = GPUTarget("cuda", 90, 32)
+    f32, bf16, i64 = "*fp32", "*bf16", "i64"
+    scalars = {"v_th": "fp32", "v_reset": "fp32", "a": "fp32", "b": "fp32", "g": "fp32"}
+
+    def build(fn, types, constexprs, warps):
+        sig = {n: types.get(n, scalars.get(n, bf16)) for n in fn.arg_names if n not in constexprs}
+        try:
+            triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=target,
+                           options={"num_warps": warps})
+        except RuntimeError as e:  # no NVIDIA backend/ptxas in this environment
+            if "ptxas" in str(e) or "backend" in str(e).lower():
+                pytest.skip(f"cannot compile for CUDA here: {e}")
+            raise
+
+    build(lif._lif_fwd_kernel, {"k_ptr": f32, "h_ptr": f32, "N": i64, "T": "i32"},
+          {"HARD": True, "LEAKY": True, "DECAY_INPUT": True, "STORE_H": True, "BLOCK": 1024}, 8)
+    common = {"LEAKY": True, "DECAY_INPUT": True, "DETACH": False, "SURROGATE": 0, "NEED_GK": True}
+    build(lif._lif_bwd_kernel, {"k_ptr": f32, "gk_ptr": f32, "N": i64},
+          dict(T=4, T_PAD=4, HARD=False, BLOCK=1024, **common), 8)
+    build(lif._lif_bwd_stored_kernel, {"k_ptr": f32, "gk_ptr": f32, "h_ptr": f32, "N": i64,
+                                       "T": "i32"}, dict(HARD=True, BLOCK=1024, **common), 8)
+
+
 def test_rejects_unsupported():
     from htaf.kernels import lif
 
-    x = torch.zeros(lif.MAX_T + 1, 3)
+    x = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="backend='torch'"):
-        lif.lif_multistep(x, torch.zeros(3), 0.5, backend="triton")
+        lif.lif_multistep(x, torch.zeros(3), 0.5, surrogate="erf", backend="triton")
     with pytest.raises(ValueError, match="backend"):
         lif.lif_multistep(x[:2], torch.zeros(3), 0.5, backend="cupy")
 

@@ -115,9 +115,8 @@ class BaseNode(nn.Module):
         ok = lif_kernels.triton_supports(x_seq, self.surrogate)
         if self.backend == "triton":
             if not ok:
-                raise ValueError("backend='triton' needs Triton, T <= "
-                                 f"{lif_kernels.MAX_T} and an htaf/sigmoid/atan surrogate "
-                                 f"(got {self.surrogate.name!r}); use backend='auto'")
+                raise ValueError("backend='triton' needs Triton and an htaf/sigmoid/atan "
+                                 f"surrogate (got {self.surrogate.name!r}); use backend='auto'")
             return True
         return ok and x_seq.is_cuda
 
