@@ -260,3 +260,35 @@ def test_snntorch_leaky_zero_reset_equals_lif_without_decay_input():
     g_t, = torch.autograd.grad(s_t.sum(), x)
     g_o, = torch.autograd.grad(s_o.sum(), x)
     torch.testing.assert_close(g_t, g_o)
+
+
+def test_bfloat16_single_and_multi_step_agree():
+    torch.manual_seed(0)
+    x = (torch.randn(5, 3, 4) * 2).bfloat16()
+    multi, single = LIFNode(step_mode="m"), LIFNode()
+    s_m = multi(x)
+    s_s = torch.stack([single(x[t]) for t in range(x.shape[0])])
+    assert s_m.dtype == s_s.dtype == torch.bfloat16
+    assert torch.equal(s_m, s_s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["snn_vgg", "snn_sew_resnet"])
+def test_cnn_on_cuda_uses_fused_kernel_and_matches_reference(name):
+    torch.manual_seed(0)
+    kw = {"in_channels": 3, "image_size": 32, "num_classes": 10, "T": 4, "width": 16}
+    fused = create_model(name, **kw).cuda()
+    ref = create_model(name, backend="torch", **kw).cuda()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    assert all(n._use_triton(torch.zeros(4, 2, device="cuda"))
+               for n in fused.modules() if isinstance(n, LIFNode))
+    y1, y2 = fused(x), ref(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-4)
+    g1 = torch.autograd.grad(y1.square().sum(), list(fused.parameters()))
+    g2 = torch.autograd.grad(y2.square().sum(), list(ref.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.isfinite(fused(x)).all()

@@ -101,8 +101,11 @@ class BaseNode(nn.Module):
                     "detach_reset": self.detach_reset, "surrogate": self.surrogate, "leaky": self.leaky}
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, v = lif_kernels.lif_step_reference(x, self._state_like(x), self.decay(),
-                                              **self._step_kwargs())
+        # half inputs: the math (and the carried potential) in fp32, as in the fused kernel
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        s, v = lif_kernels.lif_step_reference(x.to(work), self._state_like(x).to(work),
+                                              self.decay(), **self._step_kwargs())
+        s = s.to(x.dtype)
         self.v = v
         if self.store_v_seq:
             self.v_seq = v.unsqueeze(0) if self.v_seq is None else torch.cat(
