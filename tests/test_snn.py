@@ -146,7 +146,9 @@ def test_bad_shapes():
     ("snn_vgg", {"width": 4, "depth": 4}),
     ("snn_vgg", {"width": 4, "depth": 2, "activation": "relu"}),
     ("snn_sew_resnet", {"width": 4, "neuron": "plif", "encoding": "rate", "activation": "atan"}),
-    ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf", "beta": 8.0}),
+    ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf",
+                        "beta": 8.0}),
+    ("snn_vgg", {"width": 4, "depth": 2, "activation": "sigmoid", "act_params": {"alpha": 2.0}}),
 ])
 def test_cnn_models_shapes_and_grads(name, kw):
     torch.manual_seed(0)
@@ -159,6 +161,8 @@ def test_cnn_models_shapes_and_grads(name, kw):
     assert bool(neurons) == (kw.get("activation") != "relu")
     if "beta" in kw:
         assert neurons[0].surrogate.beta == 8.0
+    if "act_params" in kw:
+        assert neurons[0].surrogate == get_surrogate("sigmoid", alpha=2.0)
 
 
 def test_rate_encoding_is_binary_and_random():

@@ -138,6 +138,7 @@ _SURROGATE_PARAMS = ("alpha", "beta", "gamma", "slope", "clip")
 def _common(kw: dict) -> tuple[_NeuronFactory, int, str]:
     T = kw.pop("T", 4)
     params = dict(kw.pop("surrogate_params", None) or {})
+    params.update(kw.pop("act_params", None) or {})  # the name `htaf compare` passes
     params.update({k: kw.pop(k) for k in _SURROGATE_PARAMS if k in kw})
     encoding = kw.pop("encoding", "direct")
     factory = _NeuronFactory(
@@ -160,7 +161,8 @@ def snn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
     Options: ``T=4``, ``encoding="direct"|"rate"``, ``neuron="lif"|"if"|"plif"``,
     ``activation``/``surrogate`` (spike function or ``"relu"``), ``tau``, ``v_threshold``,
     ``v_reset`` (None = soft reset), ``detach_reset``, ``backend``, and the surrogate's own
-    parameters (``alpha``, ``beta``, ``gamma``, ``slope``, ``clip``, or a ``surrogate_params`` dict).
+    parameters (``alpha``, ``beta``, ``gamma``, ``slope``, ``clip``, or a ``surrogate_params`` /
+    ``act_params`` dict — the latter is what ``htaf compare`` passes).
     """
     act, T, encoding = _common(kw)
     _reject(kw, "snn_mlp")
