@@ -281,13 +281,71 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_reproduce(sub) -> None:
+    from .reproduce import PARTS
+
+    p = sub.add_parser(
+        "reproduce", help="the README's CIFAR-10 results: train each family, run the speed "
+                          "benchmarks, write docs/results.md",
+        description="Reproduce the results tables, one part at a time (each under 10 minutes on "
+                    "one H100): " + ", ".join(PARTS) + " train HTAF vs the strongest baselines vs "
+                    "full precision; 'speed' runs the benchmarks; 'report' writes docs/results.md "
+                    "and the README's results section from the JSON files.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (GPU):\n  htaf reproduce dhn --data ../shared/datasets/cifar10-jpeg.zip\n"
+               "  htaf reproduce report\nsmoke test of the whole pipeline (CPU, seconds):\n"
+               "  htaf reproduce all --smoke")
+    p.add_argument("part", choices=[*PARTS, "speed", "report", "all"])
+    p.add_argument("--data", default="../shared/datasets/cifar10-jpeg.zip", metavar="PATH",
+                   help="CIFAR-10 as an ImageFolder zip/dir or 'cifar10' (default: the shared zip)")
+    p.add_argument("--epochs", type=int, default=None, help="override the part's epochs")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the part's seeds")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models on digits, 1 epoch, tiny benchmarks: checks the pipeline")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="where part JSON goes (default: docs/results, or runs/reproduce-smoke)")
+    p.add_argument("--speed-dir", default=None, metavar="DIR",
+                   help="benchmark JSON folder (default: benchmarks/results, or the smoke folder)")
+    p.add_argument("--doc", default=None, help="report path (default: docs/results.md)")
+    p.add_argument("--readme", default="README.md",
+                   help="README whose results section is regenerated ('' to leave it)")
+    p.add_argument("--runs", default=None, metavar="DIR", help="also keep each run's folder here")
+    p.set_defaults(run=_run_reproduce)
+
+
+def _run_reproduce(args) -> int:
+    from . import reproduce
+
+    smoke_dir = Path("runs/reproduce-smoke")
+    results = Path(args.results or (smoke_dir if args.smoke else "docs/results"))
+    speed = Path(args.speed_dir or (smoke_dir if args.smoke else "benchmarks/results"))
+    doc = Path(args.doc or (smoke_dir / "results.md" if args.smoke else "docs/results.md"))
+    readme = None if args.smoke or not args.readme else Path(args.readme)
+    data = "digits" if args.smoke else args.data
+    parts = list(reproduce.PARTS) + ["speed", "report"] if args.part == "all" else [args.part]
+    for part in parts:
+        if part == "speed":
+            reproduce.run_speed(speed, smoke=args.smoke)
+        elif part == "report":
+            reproduce.write_report(results, speed, doc, readme)
+            print(f"wrote {doc}" + (f" and the results section of {readme}" if readme else ""))
+        else:
+            reproduce.run_part(part, data=data, out=results, epochs=args.epochs,
+                               seeds=tuple(args.seeds) if args.seeds else None,
+                               device=args.device, compile=args.compile, smoke=args.smoke,
+                               runs_dir=args.runs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="htaf", description="Train, compare, benchmark and explain networks with binary "
                                  "activations trained with HTAF.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_plot, _add_train, _add_explain, _add_export):
+    for add in (_add_plot, _add_train, _add_explain, _add_export, _add_reproduce):
         add(sub)
     return parser
 
