@@ -5,7 +5,8 @@
 The K units ``c`` are the *concepts*: smooth HTAF during training, exact steps 1[z ≥ 0] at
 evaluation: ``htaf.set_mode(model, "hard")`` (or ``with htaf.using_mode(model, "hard"):``) switches
 the concept layer, as for every binary network here (``model.eval()`` alone only changes BatchNorm).
-No concept labels are used: the concepts are whatever binary code the head needs. Since the head is linear, a concept's effect on the
+No concept labels are used: the concepts are whatever binary code the head needs. Since the head is
+linear, a concept's effect on the
 logits is its column of the head weight: flipping concept k in hard mode moves the logits by exactly
 ±W[:, k] (:meth:`ICBM.intervene`).
 
