@@ -6,9 +6,8 @@ The K units ``c`` are the *concepts*: smooth HTAF during training, exact steps 1
 evaluation: ``htaf.set_mode(model, "hard")`` (or ``with htaf.using_mode(model, "hard"):``) switches
 the concept layer, as for every binary network here (``model.eval()`` alone only changes BatchNorm).
 No concept labels are used: the concepts are whatever binary code the head needs. Since the head is
-linear, a concept's effect on the
-logits is its column of the head weight: flipping concept k in hard mode moves the logits by exactly
-±W[:, k] (:meth:`ICBM.intervene`).
+linear, a concept's effect on the logits is its column of the head weight: flipping concept k in
+hard mode moves the logits by exactly ±W[:, k] (:meth:`ICBM.intervene`).
 
 The BatchNorm after the projection centres each unit's pre-activation, so no concept starts dead
 or stuck on; at evaluation it is an affine map, so ``z`` stays a linear projection of the features.
