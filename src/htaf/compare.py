@@ -51,6 +51,8 @@ __all__ = ["CompareConfig", "CompareResult", "Variant", "compare", "build_varian
 #: tails, a compact one, the clipped STE) and the ReLU ceiling.
 DEFAULT_ACTIVATIONS = ("htaf", "htaf_st", "sigmoid", "atan", "fast_sigmoid", "piecewise_quadratic",
                        "ste", "relu")
+#: The default network of ``htaf compare``: 6 hidden Heaviside layers of 128 units.
+MLP_DEFAULTS = {"depth": 6, "width": 128}
 _HTAF = ("htaf", "htaf_st")
 _FULL_PRECISION = ("relu", "hardtanh", "identity")
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "slope": "k", "clip": "clip"}
@@ -147,7 +149,7 @@ class CompareConfig:
     behind the recipe)."""
 
     model: str = "dhn_mlp"
-    model_kwargs: dict = field(default_factory=lambda: {"depth": 6, "width": 128})
+    model_kwargs: dict | None = None    # None: MLP_DEFAULTS for dhn_mlp, {} otherwise
     data: str = "digits"
     activations: tuple[str, ...] = DEFAULT_ACTIVATIONS
     seeds: tuple[int, ...] = (0, 1)
@@ -171,6 +173,9 @@ class CompareConfig:
 
         if self.model not in list_models():
             raise ValueError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
+        if self.model_kwargs is None:
+            self.model_kwargs = dict(MLP_DEFAULTS) if self.model == "dhn_mlp" else {}
+        self.model_kwargs = dict(self.model_kwargs)
         if not self.activations:
             raise ValueError("activations must name at least one activation")
         self.activations = tuple(self.activations)
