@@ -277,7 +277,8 @@ class CompareResult:
             dead = _pct(r["dead_units"], 1) if v.kind != "ceiling" else "—"
             loss = "—" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
             flag = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-            depth = r["depth"] if r["depth"] is not None else "—"
+            depth = r["depth"] if r["depth"] is not None else self.config.model_kwargs.get(
+                "depth", "—")
             lines.append(f"| {v.name}{flag} | {depth} | {acc} | {gap} | {dead} | {loss} | "
                          f"{r['time']:.1f} |")
         return "\n".join(lines)
@@ -313,7 +314,8 @@ class CompareResult:
             best = self.best_baseline(depth)
             if best is not None:
                 parts.append(f"best baseline {best['variant'].name} {_pct(best['hard_acc'])}%")
-            prefix = "" if depth is None else f"depth {depth}: "
+            shown = depth if depth is not None else self.config.model_kwargs.get("depth")
+            prefix = "" if shown is None else f"depth {shown}: "
             out.append(prefix + ", ".join(parts))
         return "\n".join(out)
 
