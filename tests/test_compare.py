@@ -11,11 +11,13 @@ from htaf.compare import CompareConfig, CompareResult, Variant, _aggregate, buil
 
 def test_variants_sweep_each_surrogates_own_scale():
     vs = build_variants(["htaf", "htaf_st", "atan", "fast_sigmoid", "ste", "relu"],
-                        scales=(0.5, 1.0, 2.0))
+                        scales=(0.5, 1.0, 2.0), annealed=True)
     names = [v.name for v in vs]
     assert names[:5] == ["htaf", "htaf α=0.25", "htaf α=1", "htaf β=2", "htaf β=8"]
     # smooth HTAF's γ is set by the annealing schedule: the sweep scales the schedule
     assert [v.gamma_mult for v in vs if v.activation == "htaf"][-2:] == [0.5, 2.0]
+    fixed = [v.name for v in build_variants(["htaf"], scales=(2.0,))]
+    assert fixed == ["htaf", "htaf α=1", "htaf β=8", "htaf γ=2"]
     assert "htaf_st γ=2" in names and "htaf_st γ=0.5" in names
     assert {"atan α=1", "atan α=4", "fast_sigmoid k=12.5", "fast_sigmoid k=50",
             "ste clip=0.5", "ste clip=2"} <= set(names)

@@ -132,7 +132,7 @@ def test_deep_heaviside_mlp_learns_digits_in_hard_mode(activation):
     from htaf.engine import train
 
     torch.set_num_threads(1)
-    # The `htaf compare` recipe (AdamW one-cycle 1e-2, batch 64), 4 hidden binary layers.
+    # The `htaf compare` recipe (AdamW one-cycle 1e-2, batch 64, fixed γ), 4 hidden binary layers.
     cfg = CompareConfig(model_kwargs={"depth": 4, "width": 128}, epochs=12, out_dir=None)
     result = train(cfg.train_config(Variant(activation), seed=0))
     m = result.metrics

@@ -55,7 +55,7 @@ def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare", help="train one architecture with HTAF and every baseline; table + report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train one architecture with HTAF (smooth, γ annealed, evaluated hard; and "
+        description="Train one architecture with HTAF (smooth, evaluated hard; and "
                     "straight-through), each baseline surrogate and the ReLU ceiling over several "
                     "seeds; print the hard-mode accuracy table and write report.md, results.json "
                     "and PNG plots into OUT/NAME/. With no arguments: a 6-hidden-layer Heaviside "
@@ -82,8 +82,10 @@ def _add_compare(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--schedule", default=d.schedule, choices=("cosine", "onecycle", "constant"))
     p.add_argument("--anneal-gamma", nargs=2, type=float, default=d.anneal_gamma,
-                   metavar=("START", "END"), help="γ schedule of smooth HTAF")
-    p.add_argument("--no-anneal", action="store_true", help="train smooth HTAF at fixed γ")
+                   metavar=("START", "END"),
+                   help="anneal smooth HTAF's γ from START to END (exponential; e.g. 1 30 for "
+                        "CNNs); default: fixed γ, which ends binary on the MLPs (docs/dhn.md)")
+    p.add_argument("--no-anneal", action="store_true", help="fixed γ even if --anneal-gamma")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", default=d.out_dir, help="output root")
     p.add_argument("--name", default=d.name, help="report folder under --out")
@@ -104,7 +106,8 @@ def _run_compare(args) -> int:
         activations=tuple(args.activations), seeds=tuple(args.seeds), depths=args.depths,
         scales=tuple(args.scales), epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, anneal_gamma=None if args.no_anneal else args.anneal_gamma,
+        schedule=args.schedule, anneal_gamma=None if args.no_anneal or args.anneal_gamma is None
+        else tuple(args.anneal_gamma),
         device=args.device, out_dir=args.out, name=args.name, keep_runs=args.keep_runs)
     result = compare(config)
     print()
