@@ -114,6 +114,9 @@ def _run_compare(args) -> int:
     print(result.table())
     print()
     print(result.headline())
+    print("hard = every hidden activation is the exact step 1[x>=0] (relu: full-precision "
+          "ceiling); gap = smooth - hard accuracy of smooth HTAF; dead = units that never change "
+          "state on the test set.")
     print(f"\nreport: {result.out_dir / 'report.md'}  (plots and results.json beside it)")
     return 0
 

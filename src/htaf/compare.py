@@ -541,10 +541,10 @@ def write_report(res: CompareResult, dataset_name: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_results(res, out)
     c = res.config
+    anneal = ("γ fixed" if c.anneal_gamma is None else
+              "γ annealed " + "→".join(f"{g:g}" for g in c.anneal_gamma) + " (exp)")
     recipe = (f"{c.optimizer} lr {c.lr:g} ({c.schedule}), batch {c.batch_size}, weight decay "
-              f"{c.weight_decay:g}, {c.epochs} epochs; smooth HTAF: γ annealed "
-              f"{'off' if c.anneal_gamma is None else '→'.join(f'{g:g}' for g in c.anneal_gamma)}"
-              f"{' (exp)' if c.anneal_gamma else ''}")
+              f"{c.weight_decay:g}, {c.epochs} epochs; smooth HTAF: {anneal}")
     lines = [f"# htaf compare: {c.model} on {dataset_name or c.data}", "",
              f"Model `{c.model}` {json.dumps(c.model_kwargs)}; seeds {list(c.seeds)}; {recipe}; "
              f"device {res.device}, torch {torch.__version__}, {platform.machine()}"
