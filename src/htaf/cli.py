@@ -31,23 +31,6 @@ def _run_plot(args) -> int:
     return 0
 
 
-def _parse_kv(items: list[str] | None) -> dict:
-    """``["width=64", "norm=layer"]`` → ``{"width": 64, "norm": "layer"}`` (values read as JSON
-    when they parse, else kept as strings)."""
-    import json
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _add_compare(sub) -> None:
     from .compare import DEFAULT_ACTIVATIONS, CompareConfig
 
@@ -74,7 +57,8 @@ def _add_compare(sub) -> None:
                         "and HTAF with each of α, β, γ multiplied by M, e.g. --scales 0.5 2")
     p.add_argument("--width", type=int, default=None,
                    help=f"hidden width of dhn_mlp (default {d.model_kwargs['width']})")
-    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+    p.add_argument("--model-arg", dest="model_arg", type=_parse_model_arg, action="append",
+                   default=None, metavar="KEY=VALUE",
                    help="extra model keyword argument (repeatable), e.g. norm=layer")
     p.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=d.lr)
@@ -100,7 +84,7 @@ def _run_compare(args) -> int:
     model_kwargs = dict(CompareConfig(model=args.model).model_kwargs)
     if args.width is not None:
         model_kwargs["width"] = args.width
-    model_kwargs.update(_parse_kv(args.model_arg))
+    model_kwargs.update(dict(args.model_arg or []))
     config = CompareConfig(
         model=args.model, model_kwargs=model_kwargs, data=args.data,
         activations=tuple(args.activations), seeds=tuple(args.seeds), depths=args.depths,
@@ -118,6 +102,164 @@ def _run_compare(args) -> int:
           "ceiling); gap = smooth - hard accuracy of smooth HTAF; dead = units that never change "
           "state on the test set.")
     print(f"\nreport: {result.out_dir / 'report.md'}  (plots and results.json beside it)")
+_TRAIN_EPILOG = """examples:
+  htaf train --model dhn_mlp --activation htaf --depth 4 --epochs 20
+  htaf train --model dhn_cnn --data ../shared/datasets/cifar10-jpeg.zip --activation htaf_st \\
+             --optimizer sgd --lr 0.1 --schedule onecycle --epochs 15 --batch-size 256
+  torchrun --nproc_per_node 2 -m htaf train --config run.json      # DDP, no code change
+  htaf train --name my-run --resume                                # continue where it stopped
+
+A run writes runs/<name>/: config.json, metrics.jsonl, checkpoints/last.pt, loss.png,
+accuracy.png, summary.md. Flags override --config, which overrides the defaults."""
+
+
+def _parse_pair(text: str):
+    """``"1,30"`` → (1.0, 30.0); ``"none"`` → None."""
+    if text.strip().lower() in ("none", "off", "null"):
+        return None
+    parts = text.replace(":", ",").split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected START,END or none, got {text!r}")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers START,END, got {text!r}") from None
+
+
+def _parse_model_arg(text: str):
+    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (numbers, true, lists), else text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _add_train(sub) -> None:
+    from .engine import LOG_FORMATS, OPTIMIZERS, SCHEDULES
+
+    p = sub.add_parser(
+        "train", help="train one network; write metrics, checkpoints, curves and a summary",
+        description="Train one model on one dataset. Each epoch reports train loss/accuracy, "
+                    "test accuracy as trained (smooth HTAF layers smooth) and in hard mode (every "
+                    "binary activation the exact step), the gap, and the fraction of dead binary "
+                    "units.",
+        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    S = argparse.SUPPRESS   # unset flags stay unset, so --config and the defaults show through
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help="registered model name (default: dhn_mlp)")
+    g.add_argument("--activation", default=S,
+                   help="htaf (smooth), htaf_st (straight-through), any surrogate name, or relu")
+    g.add_argument("--depth", type=int, default=S, help="number of hidden layers")
+    g.add_argument("--width", type=int, default=S, help="hidden width (units or channels)")
+    g.add_argument("--model-arg", dest="model_arg", type=_parse_model_arg, action="append",
+                   default=S, metavar="KEY=VALUE",
+                   help="any other model option, repeatable (VALUE read as JSON when possible)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, metavar="NAME|PATH",
+                   help="digits (default), mnist5k, cifar10, cifar100, mnist, fashion-mnist, or an "
+                        "ImageFolder directory or zip (train/<class>/*, test/<class>/*)")
+    g.add_argument("--data-cache", dest="data_cache", default=S, metavar="DIR",
+                   help="where decoded datasets are cached (default: $HTAF_CACHE or ~/.cache/htaf)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
+                   help="random crop + flip on the device (default: on for images >= 32 px)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=S,
+                   help="horizontal flips when augmenting (default: off for digits and MNIST)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=S, help="number of epochs (default: 10)")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=S,
+                   help="global batch size, split across torchrun processes (default: 128)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default: sgd")
+    g.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 0.05)")
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
+                   help="on weights, not biases or norms (default: 5e-4)")
+    g.add_argument("--momentum", type=float, default=S, help="SGD momentum / AdamW beta1 (0.9)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=S, help="lr schedule (default: cosine)")
+    g.add_argument("--warmup", type=float, default=S,
+                   help="epochs of linear lr warmup (onecycle: rising phase, 30%% of the run if 0)")
+    g.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=S)
+    g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S,
+                   help="clip the global gradient norm (default: off)")
+    g.add_argument("--seed", type=int, default=S, help="default: 0")
+    g = p.add_argument_group("annealing of smooth HTAF layers (per epoch)")
+    g.add_argument("--anneal-gamma", dest="anneal_gamma", type=_parse_pair, default=S,
+                   metavar="START,END|none", help="γ from START to END (default: 1,30)")
+    g.add_argument("--anneal-beta", dest="anneal_beta", type=_parse_pair, default=S,
+                   metavar="START,END|none", help="β from START to END (default: none)")
+    g.add_argument("--anneal-schedule", dest="anneal_schedule", choices=("exp", "linear", "cosine"),
+                   default=S, help="default: exp")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
+                   help="bf16 autocast (default: on for CUDA)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
+                   help="torch.compile the model (default: off)")
+    g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
+                   default=S, help="channels_last memory format (default: off)")
+    g.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=S,
+                   help="SyncBatchNorm under multi-GPU DDP (default: on)")
+    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S)
+    g = p.add_argument_group("output")
+    g.add_argument("--config", default=None, metavar="FILE.json",
+                   help="start from this config (e.g. a run's config.json)")
+    g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="default: runs")
+    g.add_argument("--name", default=S,
+                   help="run folder name (default: model-activation-data-sSEED)")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=S,
+                   help="continue from runs/<name>/checkpoints/last.pt if it exists")
+    g.add_argument("--eval-every", dest="eval_every", type=int, default=S, help="epochs (1)")
+    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=S,
+                   help="epochs; the last epoch is always saved (1)")
+    g.add_argument("--log", choices=LOG_FORMATS, default=S,
+                   help="progress bars on a terminal, log lines otherwise (default: auto)")
+    g.add_argument("--stop-after", dest="stop_after", type=int, default=S,
+                   help="stop after this many epochs (resume later with --resume)")
+    p.set_defaults(run=_run_train)
+
+
+def train_config_from_args(args):
+    """The :class:`~htaf.engine.TrainConfig` of parsed ``htaf train`` arguments."""
+    import json
+
+    from .engine import TrainConfig
+
+    values = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found")
+        try:
+            values = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+    model_kwargs = dict(values.get("model_kwargs") or {})
+    for key in ("activation", "depth", "width"):
+        if key in args:
+            model_kwargs[key] = getattr(args, key)
+    for key, value in getattr(args, "model_arg", None) or []:
+        model_kwargs[key] = value
+    values["model_kwargs"] = model_kwargs
+    skip = {"command", "run", "debug", "config", "activation", "depth", "width", "model_arg"}
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    return TrainConfig.from_dict(values)
+
+
+def _run_train(args) -> int:
+    from .engine import train
+
+    result = train(train_config_from_args(args))
+    m = result.metrics
+    if m.get("hard_test_acc") is not None:
+        print(f"final: test {100 * m['test_acc']:.2f}%, hard {100 * m['hard_test_acc']:.2f}%, "
+              f"gap {100 * m['gap']:.2f}%, {m['time']:.1f} s")
+    if result.run_dir is not None:
+        print(f"wrote {result.run_dir}")
     return 0
 
 
@@ -127,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "activations trained with HTAF.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_compare, _add_plot):
+    for add in (_add_train, _add_compare, _add_plot):
         add(sub)
     return parser
 

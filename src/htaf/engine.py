@@ -133,7 +133,8 @@ class TrainConfig:
                              f"{', '.join(list_models()) or 'none'}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str)
                                                                 for k in self.model_kwargs):
-            raise ValueError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
+            raise ValueError(f"model_kwargs must be a dict with string keys, "
+                             f"got {self.model_kwargs!r}")
         data_keys = {"in_channels", "image_size", "num_classes"} & set(self.model_kwargs)
         if data_keys:
             raise ValueError(f"model_kwargs must not set {', '.join(sorted(data_keys))}: "
@@ -181,8 +182,9 @@ class TrainConfig:
                 continue
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
                 raise ValueError(f"{name} must be a (start, end) pair or None, got {value!r}")
-            pair = tuple(check_real(f"{name} {end}", v, low=0.0) for end, v in zip(("start", "end"), value))
-            setattr(self, name, pair)
+            start, end = (check_real(f"{name} {which}", v, low=0.0)
+                          for which, v in zip(("start", "end"), value))
+            setattr(self, name, (start, end))
         check_choice("anneal_schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
         if not isinstance(self.device, str) or not (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -458,7 +460,8 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     if master and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        _atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        _atomic_write_text(run_dir / "metrics.jsonl",
+                           "".join(json.dumps(r) + "\n" for r in history))
 
     # ---- wrappers: compile, then DDP (both share the raw model's parameters)
     fast = model
@@ -474,11 +477,11 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     epoch_metrics = getattr(model, "epoch_metrics", None)
     full_test = dataset.batches("test", config.eval_batch_size, device=device, shuffle=False,
                                 channels_last=config.channels_last) if epoch_metrics else None
-    if master:
-        say(f"{config.run_name()}: {config.model} on {dataset.name} ({dataset.train_x.shape[0]} "
-            f"train / {dataset.test_x.shape[0]} test), {sum(p.numel() for p in model.parameters()):,}"
-            f" parameters, {device}{f' × {world}' if world > 1 else ''}"
-            f"{', bf16' if amp else ''}{', compiled' if config.compile else ''}", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"{config.run_name()}: {config.model} on {dataset.name} ({dataset.train_x.shape[0]} "
+        f"train / {dataset.test_x.shape[0]} test), {n_params:,} parameters, {device}"
+        f"{f' × {world}' if world > 1 else ''}{', bf16' if amp else ''}"
+        f"{', compiled' if config.compile else ''}", flush=True)
 
     t_run = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     end_epoch = config.epochs if config.stop_after is None else min(
@@ -623,23 +626,23 @@ def _write_report(run_dir: Path, config: TrainConfig, history: list[dict], datas
 
     final = history[-1]
     best = max(evals, key=lambda r: r["hard_test_acc"]) if evals else None
-    lines = [f"# {config.run_name()}", "",
-             f"`{config.model}` {json.dumps(config.model_kwargs)} on `{dataset.name}` "
+    setup = (f"`{config.model}` {json.dumps(config.model_kwargs)} on `{dataset.name}` "
              f"({dataset.train_x.shape[0]} train / {dataset.test_x.shape[0]} test images, "
              f"{dataset.num_classes} classes), {len(history)} of {config.epochs} epochs, "
              f"{config.optimizer} lr {config.lr:g} ({config.schedule}), batch {config.batch_size}, "
-             f"seed {config.seed}.", "",
-             "| metric | final |", "|---|---|"]
+             f"seed {config.seed}.")
+    lines = [f"# {config.run_name()}", "", setup, "", "| metric | final |", "|---|---|"]
     for key in ("test_acc", "hard_test_acc", "gap", "dead_units", "train_loss", "train_acc"):
         if key in final:
             pct = key != "train_loss"
             lines.append(f"| {key} | {_fmt(final[key], pct)} |")
     lines.append(f"| wall time | {final['time']:.1f} s |")
     if best is not None:
-        lines += ["", f"Best hard-mode test accuracy {_fmt(best['hard_test_acc'], True)} at epoch "
-                      f"{best['epoch']}."]
+        lines += ["", (f"Best hard-mode test accuracy {_fmt(best['hard_test_acc'], True)} "
+                       f"at epoch {best['epoch']}.")]
     lines += ["", "![loss](loss.png) ![accuracy](accuracy.png)", "",
-              "| epoch | lr | γ | train loss | train acc | test acc | hard acc | gap | dead | time |",
+              ("| epoch | lr | γ | train loss | train acc | test acc | hard acc | gap | dead "
+               "| time |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in history:
         lines.append(f"| {r['epoch']} | {r['lr']:.3g} | {_fmt(r.get('gamma'))} | "

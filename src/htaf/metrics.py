@@ -5,8 +5,8 @@ A hidden binary unit is *dead* when its output (the output of a :class:`~htaf.nn
 never changes over the evaluation set: always 0 or always 1 (always −1 or +1 for signs). A unit is
 a channel for conv-shaped outputs (``[B, C, ...]``: dim 1, all positions pooled) and a feature for
 linear outputs (``[B, F]``); a module called several times per forward (the time steps of a
-spiking net) pools its calls of the same shape. Dead units carry no information, so their fraction measures how much of
-a binary network's width training has wasted.
+spiking net) pools its calls of the same shape. Dead units carry no information, so their
+fraction measures how much of a binary network's width training has wasted.
 
 Under ``torch.distributed`` each rank evaluates its shard and the sums, minima and maxima are
 all-reduced, so every rank returns the metrics of the whole set.
@@ -49,7 +49,7 @@ class _UnitRange:
                 return
             flat = out.detach().transpose(0, 1).reshape(out.shape[1], -1).float()
             lo, hi = flat.amin(1), flat.amax(1)
-            key = f"{name}{list(out.shape[1:])}"   # a module reused at several widths: one entry each
+            key = f"{name}{list(out.shape[1:])}"   # a module reused at several widths: one each
             if key in self.lo:
                 torch.minimum(self.lo[key], lo, out=self.lo[key])
                 torch.maximum(self.hi[key], hi, out=self.hi[key])

@@ -1,0 +1,280 @@
+"""htaf.engine and ``htaf train``: files written, reproducibility, exact resume, DDP equality,
+hooks, metrics, and one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import engine_models  # noqa: F401 - registers test_mlp / test_hooked_mlp
+from htaf import cli
+from htaf.data import load_dataset
+from htaf.engine import RunResult, TrainConfig, load_run, lr_factor, train
+from htaf.metrics import binary_units, dead_unit_fraction, evaluate
+from htaf.nn import Heaviside
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(model="test_mlp", model_kwargs={"activation": "htaf", "depth": 2, "width": 32},
+                data="digits", epochs=3, batch_size=64, lr=0.05, out_dir=str(tmp_path / "runs"),
+                log="none", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _trajectory(history):
+    return [{k: v for k, v in r.items() if "time" not in k} for r in history]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ------------------------------------------------------------------------------ a run's output
+
+def test_run_writes_everything_and_reloads(tmp_path, digits):
+    result = train(_config(tmp_path))
+    assert isinstance(result, RunResult)
+    run = tmp_path / "runs" / "test_mlp-htaf-digits-s0"
+    assert result.run_dir == run
+    for name in ("config.json", "metrics.jsonl", "checkpoints/last.pt", "loss.png",
+                 "accuracy.png", "summary.md"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    final = lines[-1]
+    for key in ("train_loss", "train_acc", "test_acc", "hard_test_acc", "gap", "dead_units", "lr",
+                "gamma", "epoch_time", "time"):
+        assert key in final, key
+    assert final["gap"] == pytest.approx(final["test_acc"] - final["hard_test_acc"])
+    assert [r["gamma"] for r in lines] == pytest.approx([1.0, math.sqrt(30.0), 30.0])  # exp anneal
+    assert final["hard_test_acc"] > 0.5          # 3 epochs of a 2-layer Heaviside MLP on digits
+    assert result.metrics == lines[-1]
+    assert json.loads((run / "config.json").read_text())["model_kwargs"]["activation"] == "htaf"
+    assert "hard_test_acc" in (run / "summary.md").read_text()
+    assert not list(run.rglob("*.tmp*"))
+
+    model, ds, config = load_run(run)
+    assert config.model == "test_mlp" and ds.name == "digits"
+    assert model[3].surrogate.gamma == pytest.approx(30.0)      # annealed γ restored
+    x, _ = next(iter(ds.batches("test", 1000)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model(x))
+    hard = evaluate(model, ds.batches("test", 1000), mode="hard")
+    assert hard["acc"] == pytest.approx(final["hard_test_acc"])
+
+
+def test_same_seed_same_run_other_seed_differs(tmp_path):
+    kw = {"epochs": 2, "out_dir": None, "model_kwargs": {"activation": "htaf_st"}}
+    a, b, c = train(_config(tmp_path, **kw)), train(_config(tmp_path, **kw)), train(
+        _config(tmp_path, seed=1, **kw))
+    assert a.run_dir is None and not (tmp_path / "runs").exists()
+    assert _same_weights(a.model.state_dict(), b.model.state_dict())
+    assert _trajectory(a.history) == _trajectory(b.history)
+    assert not _same_weights(a.model.state_dict(), c.model.state_dict())
+
+
+def test_resume_is_bit_exact(tmp_path):
+    kw = dict(epochs=4, augment=True, optimizer="adamw", lr=3e-3, schedule="onecycle")
+    full = train(_config(tmp_path, name="full", **kw))
+    part = train(_config(tmp_path, name="part", stop_after=2, **kw))
+    assert len(part.history) == 2
+    ckpt = torch.load(part.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "rng", "scheduler"} <= set(ckpt)
+    resumed = train(_config(tmp_path, name="part", resume=True, **kw))
+    assert _same_weights(full.model.state_dict(), resumed.model.state_dict())
+    assert _trajectory(full.history) == _trajectory(resumed.history)
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(_config(tmp_path, name="r", epochs=1))
+    with pytest.raises(ValueError, match="differs in lr"):
+        train(_config(tmp_path, name="r", epochs=1, lr=0.1, resume=True))
+
+
+_DDP_SCRIPT = """
+import os, sys, torch
+sys.path[:0] = [{tests!r}, {src!r}]
+torch.set_num_threads(1)
+import engine_models
+from htaf.engine import TrainConfig, train
+result = train(TrainConfig(**{config!r}))
+if torch.distributed.is_initialized():
+    raise SystemExit("process group left open")
+if os.environ["RANK"] == "0":
+    torch.save({{"model": result.model.state_dict(), "history": result.history}}, {out!r})
+"""
+
+
+def _digits_zip(path: Path, ds, n_train: int, n_test: int) -> Path:
+    """A slice of digits as an ImageFolder zip of PNGs (so workers need not import sklearn)."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as z:
+        for split, n in (("train", n_train), ("test", n_test)):
+            xs, ys = getattr(ds, f"{split}_x")[:n], getattr(ds, f"{split}_y")[:n]
+            for i, (x, y) in enumerate(zip(xs, ys.tolist())):
+                buf = io.BytesIO()
+                Image.fromarray(x[0].numpy(), mode="L").save(buf, format="PNG")
+                z.writestr(f"{split}/{y}/{i:04d}.png", buf.getvalue())
+    return path
+
+
+def test_ddp_two_processes_equal_one(tmp_path, digits):
+    """torchrun, 2 gloo processes with per-rank batch 32 == 1 process with batch 64 (no
+    BatchNorm; the last batch of 29 samples splits 15/14, exercising the loss scaling)."""
+    data = _digits_zip(tmp_path / "digits.zip", digits, 509, 120)
+    config = dict(model="test_mlp", data=str(data), data_cache=str(tmp_path / "cache"), epochs=1,
+                  batch_size=64, lr=0.1, out_dir=None, log="plain", device="cpu",
+                  model_kwargs={"activation": "htaf_st", "depth": 2, "width": 32, "norm": False})
+    script, out = tmp_path / "worker.py", tmp_path / "ddp.pt"
+    script.write_text(_DDP_SCRIPT.format(tests=str(TESTS), src=str(SRC), config=config,
+                                         out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--standalone", "--monitor-interval", "0.2", str(script)]
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "× 2" in proc.stdout and proc.stdout.count("epoch 1/1") == 1   # rank 0 logs alone
+
+    single = train(TrainConfig(**{**config, "log": "none"}))
+    ddp_ckpt = torch.load(out, weights_only=False)
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ddp_ckpt["model"][k], v, rtol=1e-5, atol=1e-6)
+    ddp, one = ddp_ckpt["history"][-1], single.history[-1]
+    for key in ("train_loss", "train_acc", "test_acc", "hard_test_acc", "dead_units"):
+        assert ddp[key] == pytest.approx(one[key], abs=1e-5), key
+
+
+# ------------------------------------------------------------------------------ hooks, metrics
+
+def test_model_hooks_are_called(tmp_path):
+    result = train(_config(tmp_path, model="test_hooked_mlp", epochs=2, out_dir=None))
+    model = result.model
+    assert model.extra_calls == 2 * math.ceil(1437 / 64)
+    assert model.metric_calls == 2
+    assert result.metrics["hook_test_samples"] == 360.0         # the whole test set
+    assert result.metrics["hook_training_flag"] == 0.0          # called in eval mode
+    assert model[1].weight.abs().max() <= model[1].clip         # constrain_ after every step
+
+
+def test_dead_units_counts_constant_units(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), Heaviside(), nn.Linear(8, 10))
+    with torch.no_grad():
+        model[1].bias[:3] = torch.tensor([1e4, -1e4, 1e4])     # 3 units stuck at 1, 0, 1
+        model[1].weight[:3] = 0
+    batches = digits.batches("test", 100)
+    layers = binary_units(model, batches)
+    assert list(layers.values()) == [(3, 8)]
+    assert dead_unit_fraction(model, batches) == pytest.approx(3 / 8)
+    hard = evaluate(model, batches, mode="hard", dead_units=True)
+    assert hard["dead_units"] == pytest.approx(3 / 8)
+    assert dead_unit_fraction(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), batches) is None
+
+
+def test_relu_model_has_no_gap_and_no_dead_metric(tmp_path):
+    result = train(_config(tmp_path, epochs=1, out_dir=None, model_kwargs={"activation": "relu"}))
+    m = result.metrics
+    assert m["gap"] == 0.0 and m["dead_units"] is None and m["gamma"] is None
+    assert m["test_acc"] == m["hard_test_acc"] > 0.8
+
+
+def test_lr_schedules():
+    total = 100
+    cos = [lr_factor(s, total, 10, "cosine") for s in range(total)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(cos[9:])) and cos[-1] < 1e-3
+    one = [lr_factor(s, total, 0, "onecycle") for s in range(total)]
+    assert one[0] == pytest.approx(0.04) and max(one) == pytest.approx(1.0) and one[-1] < 0.02
+    assert one.index(max(one)) == 30
+    assert {lr_factor(s, total, 0, "constant") for s in range(total)} == {1.0}
+
+
+# ------------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(model="no_such_model"), "unknown model 'no_such_model'"),
+    (dict(model_kwargs={"activation": "nope"}), "unknown activation 'nope'"),
+    (dict(model_kwargs={"depth": -1}), "depth must be >= 0"),
+    (dict(model_kwargs={"num_classes": 3}), "come from the data"),
+    (dict(data="/no/such/data.zip"), "neither a known dataset"),
+    (dict(epochs=0), "epochs must be >= 1"),
+    (dict(lr=-1.0), "lr must be > 0"),
+    (dict(optimizer="lion"), "optimizer must be one of"),
+    (dict(schedule="step"), "schedule must be one of"),
+    (dict(anneal_gamma=(1.0,)), "anneal_gamma must be a"),
+    (dict(device="tpu"), "device must be"),
+    (dict(momentum=1.0), "momentum must be < 1"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, kw, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        _config(tmp_path, **kw)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown config field.*lrr"):
+        TrainConfig.from_dict({"model": "test_mlp", "lrr": 0.1})
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--model", "test_mlp", "--activation", "nope"], "unknown activation 'nope'"),
+    (["--model", "test_mlp", "--depth", "-2"], "depth must be >= 0"),
+    (["--model", "test_mlp", "--data", "/missing/dir"], "neither a known dataset"),
+    (["--model", "test_mlp", "--config", "/missing.json"], "config file /missing.json not found"),
+    (["--model", "test_mlp", "--model-arg", "bogus=1", "--epochs", "1"], "bogus"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
+    assert cli.main(["train", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("htaf train: error:") and match in err and "\n" not in err
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+    cfg = tmp_path / "base.json"
+    cfg.write_text(json.dumps({"model": "test_mlp", "epochs": 5, "lr": 0.01}))
+    argv = ["train", "--config", str(cfg), "--activation", "htaf_st", "--depth", "2",
+            "--width", "32", "--model-arg", "norm=true", "--lr", "0.1", "--batch-size", "64",
+            "--anneal-gamma", "none", "--out", str(tmp_path / "runs"), "--name", "cli", "--log", "plain", "--no-amp"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "epoch 5/5" in out and "wrote" in out
+    saved = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
+    assert saved["lr"] == 0.1 and saved["epochs"] == 5 and saved["anneal_gamma"] is None
+    assert saved["model_kwargs"] == {"activation": "htaf_st", "depth": 2, "width": 32, "norm": True}
+    final = json.loads((tmp_path / "runs" / "cli" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["hard_test_acc"] > 0.9
+
+
+def test_cli_help_explains(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--model", "--data", "--activation", "--model-arg", "--resume", "--config",
+                 "--amp", "--compile", "torchrun"):
+        assert flag in out
