@@ -539,35 +539,35 @@ def write_report(res: CompareResult, dataset_name: str | None = None,
     """Write ``report.md``, ``results.json`` and the plots into ``res.out_dir``."""
     out = res.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot_results(res, out)
+    plot_results(res, out)
     c = res.config
     anneal = ("γ fixed" if c.anneal_gamma is None else
               "γ annealed " + "→".join(f"{g:g}" for g in c.anneal_gamma) + " (exp)")
     recipe = (f"{c.optimizer} lr {c.lr:g} ({c.schedule}), batch {c.batch_size}, weight decay "
               f"{c.weight_decay:g}, {c.epochs} epochs; smooth HTAF: {anneal}")
-    lines = [f"# htaf compare: {c.model} on {dataset_name or c.data}", "",
-             f"Model `{c.model}` {json.dumps(c.model_kwargs)}; seeds {list(c.seeds)}; {recipe}; "
+    setup = (f"Model `{c.model}` {json.dumps(c.model_kwargs)}; seeds {list(c.seeds)}; {recipe}; "
              f"device {res.device}, torch {torch.__version__}, {platform.machine()}"
-             + (f"; total wall time {wall:.0f} s." if wall is not None else "."), "",
-             "Accuracy is measured in **hard mode**: every hidden activation is the exact step "
-             "1[x ≥ 0] (ReLU excepted: the full-precision ceiling). The smooth→hard gap is "
-             "reported for smooth HTAF only (straight-through variants are step networks in "
-             "training already). A unit is dead when its state never changes over the test set "
-             "(a channel for convolutions).", "",
+             + (f"; total wall time {wall:.0f} s." if wall is not None else "."))
+    legend = ("Accuracy is measured in **hard mode**: every hidden activation is the exact step "
+              "1[x ≥ 0] (ReLU excepted: the full-precision ceiling). The smooth→hard gap is "
+              "reported for smooth HTAF only (straight-through variants are step networks in "
+              "training already). A unit is dead when its state never changes over the test set "
+              "(a channel for convolutions).")
+    lines = [f"# htaf compare: {c.model} on {dataset_name or c.data}", "", setup, "", legend, "",
              "## Results", "", res.table(), "", res.headline(), ""]
     depth_table = res.depth_table()
     if depth_table:
         lines += ["## Depth sweep (hard-mode test accuracy %)", "", depth_table, "",
                   "![accuracy vs depth](depth.png)", ""]
     if c.scales:
-        lines += [f"Scale sweep: multiples {list(c.scales)} of each surrogate's first parameter "
-                  f"and of HTAF's α, β, γ"
-                  f"{' (for smooth HTAF, the range of its γ schedule)' if c.anneal_gamma else ''}.", "",
-                  "![scales](scales.png)", ""]
+        note = " (for smooth HTAF, the range of its γ schedule)" if c.anneal_gamma else ""
+        sweep = (f"Scale sweep: multiples {list(c.scales)} of each surrogate's first parameter "
+                 f"and of HTAF's α, β, γ{note}.")
+        lines += [sweep, "", "![scales](scales.png)", ""]
     lines += ["## Curves", "", "![train loss](loss.png)", "", "![accuracy](accuracy.png)", "",
               _TAILS_NOTE, "",
               "Per-run metrics and curves: `results.json`"
-              + (" ; run folders: `runs/`." if c.keep_runs else "."), ""]
+              + ("; run folders: `runs/`." if c.keep_runs else "."), ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(res.to_json(), indent=1) + "\n")
     return out / "report.md"
