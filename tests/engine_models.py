@@ -52,7 +52,8 @@ class HookedMLP(TinyMLP):
     def epoch_metrics(self, batches):
         self.metric_calls += 1
         n = sum(int(y.numel()) for _, y in batches)
-        return {"hook_test_samples": float(n), "hook_training_flag": float(self.training)}
+        return {"hook_test_samples": torch.tensor(float(n)),   # tensors become numbers
+                "hook_training_flag": float(self.training)}
 
 
 def register() -> None:

@@ -149,6 +149,31 @@ def test_torchvision_name_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 30
 
 
+@pytest.mark.parametrize("name,cls,hwc", [("cifar10", "CIFAR10", True), ("mnist", "MNIST", False)])
+def test_torchvision_arrays_are_converted(tmp_path, monkeypatch, name, cls, hwc):
+    """The conversion of an already-downloaded torchvision set (a stand-in class, no files)."""
+    tvd = pytest.importorskip("torchvision.datasets")
+
+    class Fake:
+        classes = ["zero", "one"]
+
+        def __init__(self, root, train, download):
+            n = 6 if train else 4
+            shape = (n, 5, 5, 3) if hwc else (n, 5, 5)
+            data = torch.arange(n * 75 // (1 + 2 * (not hwc))).reshape(shape) % 256
+            self.data = data.to(torch.uint8).numpy() if hwc else data.to(torch.uint8)
+            self.targets = [i % 2 for i in range(n)]
+
+    monkeypatch.setattr(tvd, cls, Fake)
+    ds = load_dataset(name, cache_dir=tmp_path)
+    c = 3 if hwc else 1
+    assert ds.train_x.shape == (6, c, 5, 5) and ds.test_x.shape == (4, c, 5, 5)
+    assert ds.train_y.tolist() == [0, 1, 0, 1, 0, 1] and ds.classes == ["zero", "one"]
+    expected = Fake(None, True, False).data
+    expected = torch.as_tensor(expected).permute(0, 3, 1, 2) if hwc else expected[:, None]
+    assert torch.equal(ds.train_x, expected)
+
+
 def test_reachable_is_quick_for_a_bad_host():
     t0 = time.perf_counter()
     assert hdata._reachable("host.invalid", timeout=2.0) is False
@@ -235,6 +260,15 @@ def test_ddp_shards_partition_each_global_batch(n, batch, world):
     assert all(len(r) == len(single) for r in per_rank)
     for i, global_batch in enumerate(single):
         assert torch.equal(torch.cat([r[i] for r in per_rank]), global_batch)
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 4, 2), (11, 1024, 3), (2, 8, 3)])
+def test_ddp_split_shards_cover_the_split_once(n, batch, world):
+    ds = _toy(n=n)
+    ds.test_y = torch.arange(n)
+    seen = [y for rank in range(world)
+            for _, y in ds.batches("test", batch, rank=rank, world_size=world)]
+    assert torch.equal(torch.cat(seen), torch.arange(n))
 
 
 def test_batches_on_cuda_stay_on_device():

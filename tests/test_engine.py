@@ -81,10 +81,10 @@ def test_run_writes_everything_and_reloads(tmp_path, digits):
     assert hard["acc"] == pytest.approx(final["hard_test_acc"])
 
 
-def test_same_seed_same_run_other_seed_differs(tmp_path):
+def test_same_seed_same_run_other_seed_differs(tmp_path, digits):
     kw = {"epochs": 2, "out_dir": None, "model_kwargs": {"activation": "htaf_st"}}
-    a, b, c = train(_config(tmp_path, **kw)), train(_config(tmp_path, **kw)), train(
-        _config(tmp_path, seed=1, **kw))
+    a, b = train(_config(tmp_path, **kw)), train(_config(tmp_path, **kw), dataset=digits)
+    c = train(_config(tmp_path, seed=1, **kw), dataset=digits)
     assert a.run_dir is None and not (tmp_path / "runs").exists()
     assert _same_weights(a.model.state_dict(), b.model.state_dict())
     assert _trajectory(a.history) == _trajectory(b.history)
@@ -260,7 +260,8 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     cfg.write_text(json.dumps({"model": "test_mlp", "epochs": 5, "lr": 0.01}))
     argv = ["train", "--config", str(cfg), "--activation", "htaf_st", "--depth", "2",
             "--width", "32", "--model-arg", "norm=true", "--lr", "0.1", "--batch-size", "64",
-            "--anneal-gamma", "none", "--out", str(tmp_path / "runs"), "--name", "cli", "--log", "plain", "--no-amp"]
+            "--anneal-gamma", "none", "--out", str(tmp_path / "runs"), "--name", "cli",
+            "--log", "plain", "--no-amp"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "epoch 5/5" in out and "wrote" in out
@@ -278,3 +279,23 @@ def test_cli_help_explains(capsys):
     for flag in ("--model", "--data", "--activation", "--model-arg", "--resume", "--config",
                  "--amp", "--compile", "torchrun"):
         assert flag in out
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager(tmp_path, digits):
+    """torch.compile (inductor, CPU here) trains the same model: γ changes every epoch and hard
+    mode flips at evaluation, so this also exercises the recompiles."""
+    kw = {"epochs": 3, "out_dir": None}
+    eager = train(_config(tmp_path, **kw), dataset=digits)
+    compiled = train(_config(tmp_path, compile=True, **kw), dataset=digits)
+    for key in ("train_loss", "test_acc", "hard_test_acc"):
+        assert compiled.metrics[key] == pytest.approx(eager.metrics[key], abs=0.03), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_with_amp_channels_last_and_augment(tmp_path, digits):
+    result = train(_config(tmp_path, device="cuda", amp=True, channels_last=True, augment=True,
+                           epochs=3, out_dir=None), dataset=digits)
+    assert next(result.model.parameters()).is_cuda
+    assert result.metrics["hard_test_acc"] > 0.5

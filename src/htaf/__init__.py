@@ -11,7 +11,21 @@ from .surrogates import Surrogate, get_surrogate, list_surrogates, register_surr
 __version__ = "0.1.0"
 
 __all__ = [
-    "htaf", "heaviside", "sign", "functional", "surrogates",
-    "HTAF", "Heaviside", "Sign", "Anneal", "create_act", "set_mode", "using_mode",
-    "Surrogate", "get_surrogate", "list_surrogates", "register_surrogate", "__version__",
+    "HTAF",
+    "Anneal",
+    "Heaviside",
+    "Sign",
+    "Surrogate",
+    "__version__",
+    "create_act",
+    "functional",
+    "get_surrogate",
+    "heaviside",
+    "htaf",
+    "list_surrogates",
+    "register_surrogate",
+    "set_mode",
+    "sign",
+    "surrogates",
+    "using_mode",
 ]

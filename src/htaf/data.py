@@ -9,7 +9,7 @@ computed on the training split in the [0, 1] scale. Sources:
 * ``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashion-mnist"`` — torchvision (downloaded into the
   cache where a network exists; without one, an immediate error that says to pass ``--data PATH``);
 * any ImageFolder directory or ``.zip`` of one: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``
-  (an optional single top-level folder is allowed). Decoded once (in threads) into a cache file,
+  (an optional single top-level folder is allowed). Decoded once (in parallel) into a cache file,
   ``$HTAF_CACHE`` or ``~/.cache/htaf``, written atomically.
 
 digits and mnist5k ship with no train/test split; both use a stratified 80/20 split with
@@ -25,11 +25,12 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
+import multiprocessing
 import os
 import socket
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,13 +122,14 @@ class ImageDataset:
                 augment: bool = False, hflip: bool | None = None, pad: int | None = None,
                 pad_mode: str = "reflect", generator: torch.Generator | None = None,
                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                channels_last: bool = False) -> Batches:
+                shard: str | None = None, channels_last: bool = False) -> Batches:
         """Batches of one split (``"train"`` or ``"test"``), normalized, on ``device``.
 
         ``shuffle`` defaults to True for train. ``augment`` turns on the random crop (``pad``
         pixels, default ``image_size // 8``: 4 for 32×32) and, if ``hflip`` (default: the
-        dataset's ``hflip``), the horizontal flip. ``rank``/``world_size`` shard each batch for
-        DDP (see :class:`Batches`).
+        dataset's ``hflip``), the horizontal flip. ``rank``/``world_size`` shard the data for
+        DDP, ``shard`` ``"batch"`` (default for train) or ``"split"`` (default for test): see
+        :class:`Batches`.
         """
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -137,6 +139,7 @@ class ImageDataset:
                        hflip=self.hflip if hflip is None else hflip,
                        pad=max(1, self.image_size // 8) if pad is None else pad, pad_mode=pad_mode,
                        generator=generator, drop_last=drop_last, rank=rank, world_size=world_size,
+                       shard=shard or ("batch" if split == "train" else "split"),
                        channels_last=channels_last)
 
     def __repr__(self):
@@ -167,22 +170,29 @@ class Batches:
     reproduces on any device and its state can be checkpointed), then every batch is one gather
     on the device: crop (``reflect`` or ``zero`` padding), flip, normalize.
 
-    DDP: global batch ``i`` is ``perm[i·B:(i+1)·B]``; rank ``r`` of ``world_size`` gets the
-    ``r``-th of ``world_size`` near-equal contiguous pieces of it, so ``world_size`` processes with
-    per-rank batch ``B / world_size`` see exactly the samples one process sees with batch ``B``.
-    All ranks must pass generators in the same state. A last global batch smaller than
-    ``world_size`` is dropped (a rank would otherwise get no samples).
+    DDP sharding, for ``rank`` of ``world_size`` processes (all ranks must pass generators in the
+    same state):
+
+    * ``shard="batch"`` (training): global batch ``i`` is ``perm[i·B:(i+1)·B]`` and each rank gets
+      its ``r``-th of ``world_size`` near-equal contiguous pieces, so ``world_size`` processes
+      with per-rank batch ``B / world_size`` see exactly the samples one process sees with batch
+      ``B``. A last global batch smaller than ``world_size`` is dropped (a rank would get nothing).
+    * ``shard="split"`` (evaluation): each rank gets its contiguous ``1 / world_size`` of the
+      (permuted) split, in batches of ``ceil(B / world_size)``; no sample is dropped or repeated,
+      ranks may run a different number of batches.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, mean, std, batch_size: int,
                  device="cpu", shuffle: bool = False, augment: bool = False, hflip: bool = False,
                  pad: int = 4, pad_mode: str = "reflect", generator: torch.Generator | None = None,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False):
+                 shard: str = "batch", channels_last: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if pad_mode not in ("reflect", "zero"):
             raise ValueError(f"pad_mode must be 'reflect' or 'zero', got {pad_mode!r}")
+        if shard not in ("batch", "split"):
+            raise ValueError(f"shard must be 'batch' or 'split', got {shard!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if pad_mode == "reflect" and augment and pad >= min(x.shape[2], x.shape[3]):
@@ -201,7 +211,7 @@ class Batches:
         self.pad, self.pad_mode = pad, pad_mode
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.drop_last = drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.shard = rank, world_size, shard
         self.channels_last = channels_last
 
     @property
@@ -209,9 +219,18 @@ class Batches:
         """Samples in the split (all ranks together)."""
         return self.x.shape[0]
 
+    def _local_split(self) -> tuple[int, int, int]:
+        """``(start, stop, batch)`` of this rank's part in ``shard="split"`` mode."""
+        n, w = self.num_samples, self.world_size
+        start, stop = n * self.rank // w, n * (self.rank + 1) // w
+        return start, stop, -(-self.batch_size // w)
+
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        full, rest = divmod(n, b)
+        if self.shard == "split" and self.world_size > 1:
+            start, stop, b = self._local_split()
+            full, rest = divmod(stop - start, b)
+            return full + int(rest > 0 and not self.drop_last)
+        full, rest = divmod(self.num_samples, self.batch_size)
         return full + int(rest > 0 and not self.drop_last and rest >= self.world_size)
 
     def global_batch_size(self, i: int) -> int:
@@ -225,10 +244,13 @@ class Batches:
         if self.augment:
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device) if self.hflip else None
-        order = order.to(self.device)
+        order, b = order.to(self.device), self.batch_size
+        if self.shard == "split" and self.world_size > 1:
+            start, stop, b = self._local_split()
+            order = order[start:stop]
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if self.world_size > 1:
+            idx = order[i * b:(i + 1) * b]
+            if self.shard == "batch" and self.world_size > 1:
                 idx = torch.tensor_split(idx, self.world_size)[self.rank]
             if self.augment:
                 xb = self._crop_flip(idx, offsets[idx], None if flips is None else flips[idx])
@@ -378,41 +400,34 @@ def _load_torchvision(name: str, root: Path) -> ImageDataset:
 
 # ------------------------------------------------------------------------- ImageFolder dir or zip
 
-@dataclass
-class _Source:
-    """Listing and reading of the files of an ImageFolder directory or zip."""
-
-    path: Path
-    names: list[str] = field(default_factory=list)
-    _local: threading.local = field(default_factory=threading.local)
-
-    def __post_init__(self):
-        if self.is_zip:
-            with zipfile.ZipFile(self.path) as z:
-                self.names = [n for n in z.namelist() if not n.endswith("/")]
-        else:
-            self.names = sorted(p.relative_to(self.path).as_posix()
-                                for p in self.path.rglob("*") if p.is_file())
-
-    @property
-    def is_zip(self) -> bool:
-        return self.path.is_file()
-
-    def read(self, name: str) -> bytes:
-        if not self.is_zip:
-            return (self.path / name).read_bytes()
-        z = getattr(self._local, "zip", None)      # one handle per thread
-        if z is None:
-            z = self._local.zip = zipfile.ZipFile(self.path)
-        return z.read(name)
-
-    def describe(self, name: str) -> str:
-        return f"{self.path}:{name}" if self.is_zip else str(self.path / name)
+def _list_files(path: Path) -> list[str]:
+    if path.is_file():
+        with zipfile.ZipFile(path) as z:
+            return [n for n in z.namelist() if not n.endswith("/")]
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
 
 
-def _index_image_folder(src: _Source):
+def _describe(path: Path, name: str) -> str:
+    return f"{path}:{name}" if path.is_file() else str(path / name)
+
+
+_ZIPS: dict[tuple[int, int, str], zipfile.ZipFile] = {}
+
+
+def _read(path: Path, name: str) -> bytes:
+    """Bytes of ``name`` in a directory or zip; one zip handle per process and thread."""
+    if not path.is_file():
+        return (path / name).read_bytes()
+    key = (os.getpid(), threading.get_ident(), str(path))
+    z = _ZIPS.get(key)
+    if z is None:
+        z = _ZIPS[key] = zipfile.ZipFile(path)
+    return z.read(name)
+
+
+def _index_image_folder(path: Path):
     """``{split: [(name, class)]}`` and the class list, from ``[prefix/]split/class/file``."""
-    images = [n for n in src.names if n.lower().endswith(IMAGE_EXTENSIONS)
+    images = [n for n in _list_files(path) if n.lower().endswith(IMAGE_EXTENSIONS)
               and not any(part.startswith(".") or part == "__MACOSX" for part in n.split("/"))]
     for prefix_len in (0, 1):     # allow one top-level folder
         split_files: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
@@ -423,61 +438,75 @@ def _index_image_folder(src: _Source):
         if split_files["train"] and split_files["test"]:
             break
     else:
-        raise ValueError(f"{src.path} is not an ImageFolder: expected train/<class>/<image> and "
+        raise ValueError(f"{path} is not an ImageFolder: expected train/<class>/<image> and "
                          f"test/<class>/<image> (found {len(images)} images)")
     classes = sorted({c for _, c in split_files["train"]})
     unknown = sorted({c for _, c in split_files["test"]} - set(classes))
     if unknown:
-        raise ValueError(f"{src.path}: test classes {unknown} have no training images")
+        raise ValueError(f"{path}: test classes {unknown} have no training images")
     for split in split_files.values():
         split.sort()
     return split_files, classes
 
 
-def _decode(src: _Source, name: str):
+def _decode(path: Path, name: str) -> np.ndarray:
+    """One image as ``[H, W]`` (grayscale) or ``[H, W, 3]`` uint8; errors name the file."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(src.read(name))) as im:
+        with Image.open(io.BytesIO(_read(path, name))) as im:
             im.load()
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGBA" if "A" in im.getbands() else "RGB").convert("RGB")
             return np.asarray(im)
     except Exception as e:  # noqa: BLE001 - PIL raises many types; name the file
-        raise ValueError(f"cannot read image {src.describe(name)}: {e}") from None
+        raise ValueError(f"cannot read image {_describe(path, name)}: {e}") from None
 
 
-def _decode_split(src: _Source, files, classes, workers: int):
-    """Decode ``files`` to a uint8 ``[N, C, H, W]`` tensor in a thread pool (PIL frees the GIL)."""
+def _decode_chunk(path: Path, names: list[str], shape: tuple[int, ...]) -> np.ndarray:
+    """Decode ``names`` into one array of ``shape``-sized images (runs in a worker)."""
+    out = np.empty((len(names), *shape), dtype=np.uint8)
+    for i, name in enumerate(names):
+        a = _decode(path, name)
+        if a.shape != shape and a.ndim == 2 and len(shape) == 3:     # gray among colour
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        if a.shape != shape:
+            kind = "grayscale" if len(shape) == 2 else "colour"
+            if a.ndim != len(shape):
+                raise ValueError(f"{_describe(path, name)} is not {kind} like the other images")
+            raise ValueError(f"{_describe(path, name)} is {a.shape[1]}×{a.shape[0]}, but images "
+                             f"must all be {shape[1]}×{shape[0]}")
+        out[i] = a
+    return out
+
+
+def _decode_split(path: Path, files, classes, workers: int):
+    """Decode ``files`` to a uint8 ``[N, C, H, W]`` tensor: in forked processes for large sets
+    (decoding tiny JPEGs is mostly Python overhead, which threads do not parallelize), in
+    threads otherwise."""
+    if not files:
+        raise ValueError(f"{path}: a split has no images")
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[c] for _, c in files], dtype=np.int64)
-    if not files:
-        raise ValueError(f"{src.path}: a split has no images")
-    first = _decode(src, files[0][0])
-    shape = first.shape
-    out = np.empty((len(files), *shape), dtype=np.uint8)
-
-    def work(lo_hi):
-        lo, hi = lo_hi
-        for i in range(lo, hi):
-            a = _decode(src, files[i][0])
-            if a.shape != shape:
-                if a.ndim == 2 and len(shape) == 3:        # a gray image among colour ones
-                    a = np.repeat(a[:, :, None], 3, axis=2)
-                elif a.ndim == 3 and len(shape) == 2:
-                    raise ValueError(f"{src.describe(files[i][0])} is colour but the first image "
-                                     f"{src.describe(files[0][0])} is grayscale")
-                if a.shape != shape:
-                    raise ValueError(f"{src.describe(files[i][0])} is {a.shape[1]}×{a.shape[0]}, "
-                                     f"but images must all be {shape[1]}×{shape[0]}")
-            out[i] = a
-
-    chunk = 1024
-    bounds = [(lo, min(lo + chunk, len(files))) for lo in range(0, len(files), chunk)]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for f in [pool.submit(work, b) for b in bounds]:
-            f.result()
-    x = torch.from_numpy(out)
+    shape = _decode(path, files[0][0]).shape
+    names = [n for n, _ in files]
+    chunk = max(256, min(2048, -(-len(names) // (4 * workers))))
+    chunks = [names[lo:lo + chunk] for lo in range(0, len(names), chunk)]
+    use_processes = (workers > 1 and len(names) >= 8192
+                     and "fork" in multiprocessing.get_all_start_methods())
+    if use_processes:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
+        with pool:
+            parts = list(pool.map(_decode_chunk, [path] * len(chunks), chunks,
+                                  [shape] * len(chunks)))
+    finally:   # zip handles opened by this process's threads
+        for key in [k for k in _ZIPS if k[0] == os.getpid()]:
+            _ZIPS.pop(key).close()
+    x = torch.from_numpy(np.concatenate(parts))
     x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return x.contiguous(), torch.from_numpy(labels)
 
@@ -504,11 +533,10 @@ def _load_image_folder(path: Path, root: Path) -> ImageDataset:
             return ImageDataset(**blob)
         except Exception:  # noqa: BLE001, S110 - a damaged cache is rebuilt
             pass
-    src = _Source(path)
-    files, classes = _index_image_folder(src)
-    workers = min(8, os.cpu_count() or 1)
-    xtr, ytr = _decode_split(src, files["train"], classes, workers)
-    xte, yte = _decode_split(src, files["test"], classes, workers)
+    files, classes = _index_image_folder(path)
+    workers = min(16, os.cpu_count() or 1)
+    xtr, ytr = _decode_split(path, files["train"], classes, workers)
+    xte, yte = _decode_split(path, files["test"], classes, workers)
     ds = ImageDataset(name=name, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte, classes=classes,
                       source=str(path.resolve()))
     blob = {k: getattr(ds, k) for k in ("name", "train_x", "train_y", "test_x", "test_y",

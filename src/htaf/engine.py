@@ -20,6 +20,8 @@ A run writes ``<out_dir>/<name>/``: ``config.json``, ``metrics.jsonl`` (one JSON
 ``checkpoints/last.pt`` (atomic; model, optimizer, step, RNG states: ``resume=True`` continues
 bit-exactly on the CPU), ``loss.png``, ``accuracy.png`` and ``summary.md``.
 
+On CUDA the engine turns on cuDNN autotuning and TF32 (speed over bitwise reproducibility there).
+
 Distributed: launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), the engine
 initializes ``nccl`` (CUDA) or ``gloo`` (CPU), wraps the model in DDP, gives each rank
 ``batch_size / world_size`` samples of every global batch and all-reduces the metrics; only rank 0
@@ -396,15 +398,25 @@ def _log_line(rec: dict, epochs: int) -> str:
 
 # ------------------------------------------------------------------------------------ train
 
-def train(config: TrainConfig) -> RunResult:
-    """Train ``config``; see the module docstring for what happens and what is written."""
+def train(config: TrainConfig, *, dataset=None) -> RunResult:
+    """Train ``config``; see the module docstring for what happens and what is written.
+
+    ``dataset``: an already loaded :class:`~htaf.data.ImageDataset` to use instead of loading
+    ``config.data`` again (for sweeps that train many models on the same data; it should be the
+    dataset ``config.data`` names, since ``load_run`` reloads that one).
+    """
     from .data import load_dataset
 
     config.validate()
     rank, world, local_rank, created_group = _setup_distributed(config.device)
     try:
-        return _train(config, load_dataset(config.data, cache_dir=config.data_cache),
-                      rank, world, local_rank)
+        if dataset is None:   # under DDP one process per node decodes (and caches) first
+            if world > 1 and local_rank != 0:
+                dist.barrier()
+            dataset = load_dataset(config.data, cache_dir=config.data_cache)
+            if world > 1 and local_rank == 0:
+                dist.barrier()
+        return _train(config, dataset, rank, world, local_rank)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -417,6 +429,10 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
                          f"processes ({world})")
     amp = device.type == "cuda" if config.amp is None else (config.amp and device.type == "cuda")
+    if device.type == "cuda":    # speed over bitwise reproducibility on the GPU
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     augment = dataset.image_size >= 32 if config.augment is None else config.augment
     log = config.log
     if log == "auto":
@@ -475,8 +491,10 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         train_model = DDP(fast, device_ids=[local_rank] if device.type == "cuda" else None)
     extra_loss = getattr(model, "extra_loss", None)
     epoch_metrics = getattr(model, "epoch_metrics", None)
-    full_test = dataset.batches("test", config.eval_batch_size, device=device, shuffle=False,
-                                channels_last=config.channels_last) if epoch_metrics else None
+    full_test = test_batches   # the hook gets the whole test set, unsharded
+    if epoch_metrics is not None and world > 1:
+        full_test = dataset.batches("test", config.eval_batch_size, device=device, shuffle=False,
+                                    channels_last=config.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{config.run_name()}: {config.model} on {dataset.name} ({dataset.train_x.shape[0]} "
         f"train / {dataset.test_x.shape[0]} test), {n_params:,} parameters, {device}"
@@ -558,7 +576,9 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
             if epoch_metrics is not None:
                 model.eval()
                 with torch.no_grad():
-                    rec.update(epoch_metrics(full_test))
+                    extra = epoch_metrics(full_test) or {}
+                rec.update({k: v.item() if isinstance(v, torch.Tensor) else v
+                            for k, v in extra.items()})
                 model.train()
             rec["eval_time"] = time.perf_counter() - t1
         rec["epoch_time"] = epoch_time

@@ -18,7 +18,7 @@ from . import kernels
 from ._checks import check_choice
 from .surrogates import HTAFSurrogate, Surrogate, get_surrogate
 
-__all__ = ["htaf", "htaf_derivative", "heaviside", "sign", "binarize", "MODES"]
+__all__ = ["MODES", "binarize", "heaviside", "htaf", "htaf_derivative", "sign"]
 
 MODES = ("smooth", "hard", "straight_through")
 

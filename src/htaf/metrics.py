@@ -101,8 +101,11 @@ def evaluate(model: nn.Module, batches, *, mode: str | None = None, dead_units: 
                 loss_sum += batch_loss.double()
                 correct += batch_correct
                 count += y.numel()
-        if loss_sum is None:
-            raise ValueError("evaluate() got no batches")
+        if loss_sum is None:   # no batches (a rank with an empty shard still joins the reduce)
+            if not _distributed():
+                raise ValueError("evaluate() got no batches")
+            loss_sum = correct = count = torch.zeros((), dtype=torch.float64,
+                                                     device=getattr(batches, "device", "cpu"))
         totals = torch.stack([loss_sum, correct.double(), count.double()])
         if _distributed():
             dist.all_reduce(totals)

@@ -8,7 +8,7 @@ import torch
 
 from .surrogates import Surrogate, get_surrogate, list_surrogates
 
-__all__ = ["gradient_mass_table", "format_table", "plot_surrogates"]
+__all__ = ["format_table", "gradient_mass_table", "plot_surrogates"]
 
 _POINTS = (0.0, 2.0, 5.0, 10.0)
 
@@ -53,13 +53,16 @@ def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     x = torch.linspace(-4, 4, 1601, dtype=torch.float64)
     xt = torch.linspace(0, 20, 2001, dtype=torch.float64)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for s in items:
-        lw, z = (2.6, 10) if s.name == "htaf" else (1.2, 2)
-        label = s.name if s.name != "htaf" else "HTAF"
-        axes[0].plot(x, s.smooth(x), lw=lw, zorder=z, label=label)
-        axes[1].plot(x, s.derivative(x) * s.grad_scale(False), lw=lw, zorder=z, label=label)
+    colors = plt.cm.tab20.colors
+    for i, s in enumerate(items):
+        is_htaf = s.name == "htaf"
+        style = {"lw": 2.8 if is_htaf else 1.2, "zorder": 10 if is_htaf else 2,
+                 "color": "black" if is_htaf else colors[(2 * i) % 20 + (i // 10) % 2],
+                 "ls": "-" if is_htaf or i % 2 else "--", "label": "HTAF" if is_htaf else s.name}
+        axes[0].plot(x, s.smooth(x), **style)
+        axes[1].plot(x, s.derivative(x) * s.grad_scale(False), **style)
         dt = (s.derivative(xt) * s.grad_scale(False)).clamp_min(1e-30)
-        axes[2].semilogy(xt, dt, lw=lw, zorder=z, label=label)
+        axes[2].semilogy(xt, dt, **style)
     axes[0].set_title("smooth form g(x) (step-native, g(0) = ½)")
     axes[1].set_title("surrogate derivative g'(x)")
     axes[2].set_title("tail: g'(x), log scale")

@@ -31,9 +31,24 @@ from ._checks import check_real
 from .kernels.reference import compute_dtype
 
 __all__ = [
-    "Param", "Surrogate", "register_surrogate", "get_surrogate", "list_surrogates",
-    "HTAFSurrogate", "Sigmoid", "ATan", "FastSigmoid", "SuperSpike", "PiecewiseQuadratic",
-    "PiecewiseExp", "Erf", "Triangle", "Rect", "STE", "ApproxSign", "SwishSign",
+    "STE",
+    "ATan",
+    "ApproxSign",
+    "Erf",
+    "FastSigmoid",
+    "HTAFSurrogate",
+    "Param",
+    "PiecewiseExp",
+    "PiecewiseQuadratic",
+    "Rect",
+    "Sigmoid",
+    "SuperSpike",
+    "Surrogate",
+    "SwishSign",
+    "Triangle",
+    "get_surrogate",
+    "list_surrogates",
+    "register_surrogate",
 ]
 
 
@@ -174,7 +189,11 @@ class Surrogate:
         return y.to(x.dtype)
 
     def backward(self, grad: torch.Tensor, x: torch.Tensor, signed: bool = False) -> torch.Tensor:
-        """``grad · derivative(x)``, scaled for a step or a sign output."""
+        """``grad · derivative(x)``, scaled for a step or a sign output. The built-in baselines run
+        as one fused op (Triton on CUDA); subclasses and user surrogates use ``derivative``."""
+        if type(self) is _REGISTRY.get(self.name) and self.name in kernels.FUSED_SURROGATES:
+            param = next(iter(self._values.values()), 0.0)
+            return kernels.surrogate_backward(grad, x, self.name, param, self.grad_scale(signed))
         xf = x.to(compute_dtype(x.dtype))
         d = self.derivative(xf) * self.grad_scale(signed)
         return (grad.to(xf.dtype) * d).to(grad.dtype)
@@ -419,9 +438,12 @@ class SwishSign(Surrogate):
     params = (Param("beta", 5.0),)
 
     def derivative(self, x):
-        bx = self.beta * x
         # 1 + cosh(bx) = 2·cosh²(bx/2); written as 2/(1+cosh) = sech²(bx/2) to avoid overflow.
-        return 0.5 * self.beta * (2.0 - bx * torch.tanh(bx / 2)) * kernels.reference.sech2(bx / 2)
+        # Where sech² underflows to 0 the derivative is 0 (not bx·0 = NaN at ±inf).
+        bx = self.beta * x
+        s2 = kernels.reference.sech2(bx / 2)
+        d = 0.5 * self.beta * (2.0 - bx * torch.tanh(bx / 2)) * s2
+        return torch.where(s2 == 0, torch.zeros_like(d), d)
 
     def primitive(self, x):
         bx = self.beta * x

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models"]
+__all__ = ["create_model", "list_models", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -20,8 +20,14 @@ from .._checks import check_choice
 from ..surrogates import HTAFSurrogate, Surrogate, get_surrogate
 
 __all__ = [
-    "BinaryActivation", "HTAF", "Heaviside", "Sign", "set_mode", "using_mode", "create_act",
+    "HTAF",
+    "BinaryActivation",
+    "Heaviside",
+    "Sign",
     "apply_constraints",
+    "create_act",
+    "set_mode",
+    "using_mode",
 ]
 
 
@@ -79,7 +85,7 @@ class HTAF(Heaviside):
                  mode: str = "smooth"):
         super().__init__(HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma), mode)
 
-    def _param(name):  # noqa: N805 - property factory used in the class body only
+    def _param(name):
         def get(self) -> float:
             return getattr(self.surrogate, name)
 

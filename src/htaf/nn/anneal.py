@@ -18,7 +18,7 @@ from .._checks import check_choice, check_real
 from ..surrogates import HTAFSurrogate
 from .activation import BinaryActivation
 
-__all__ = ["Anneal", "schedule_value", "SCHEDULES"]
+__all__ = ["SCHEDULES", "Anneal", "schedule_value"]
 
 SCHEDULES = ("exp", "linear", "cosine")
 

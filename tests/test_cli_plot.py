@@ -1,0 +1,30 @@
+import pytest
+
+from htaf.cli import main
+from htaf.plotting import gradient_mass_table
+
+
+def test_gradient_mass_table_values():
+    rows = {r["surrogate"]: r for r in gradient_mass_table()}
+    assert rows["htaf"]["mass_|x|<0.5"] == pytest.approx(0.7815, abs=5e-5)
+    assert rows["htaf"]["d(0)"] == pytest.approx(1.125)
+    assert rows["htaf"]["d(10)"] == pytest.approx(6.168968e-05, rel=1e-6)
+    assert rows["sigmoid"]["mass_|x|<0.5"] == pytest.approx(0.7616, abs=5e-5)
+    # honest tails: the polynomial ones are heavier than HTAF far out
+    assert rows["atan"]["d(10)"] > rows["htaf"]["d(10)"]
+    assert rows["htaf"]["d(10)"] > rows["sigmoid"]["d(10)"]
+
+
+def test_htaf_plot_writes_png_and_table(tmp_path, capsys):
+    assert main(["plot", "--out", str(tmp_path), "--surrogates", "htaf", "sigmoid", "atan"]) == 0
+    out = capsys.readouterr().out
+    assert "| htaf |" in out and "0.7815" in out
+    png = tmp_path / "surrogates.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "| sigmoid |" in (tmp_path / "gradient_mass.md").read_text()
+
+
+def test_htaf_plot_bad_surrogate_is_one_line_error(tmp_path, capsys):
+    assert main(["plot", "--out", str(tmp_path), "--surrogates", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown surrogate 'nope'" in err

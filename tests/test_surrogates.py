@@ -1,0 +1,153 @@
+"""The surrogate registry: formulas, straight-through semantics, registration, errors."""
+
+import math
+
+import pytest
+import torch
+
+import htaf
+from htaf.functional import binarize
+from htaf.surrogates import Param, Surrogate, get_surrogate, list_surrogates, register_surrogate
+
+ALL = list_surrogates()
+BASELINES = ["sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadratic",
+             "piecewise_exp", "erf", "triangle", "rect", "ste", "approx_sign", "swish_sign"]
+
+
+def test_every_spec_baseline_is_registered():
+    assert ALL[0] == "htaf"
+    assert set(BASELINES) <= set(ALL)
+
+
+# Spec table formulas, written independently of the implementation, at each default.
+SPEC = {
+    "sigmoid": lambda x: 4 * torch.sigmoid(4 * x) * (1 - torch.sigmoid(4 * x)),
+    "atan": lambda x: 1.0 / (1 + (math.pi / 2 * 2 * x) ** 2),
+    "fast_sigmoid": lambda x: 1 / (1 + 25 * x.abs()) ** 2,
+    "super_spike": lambda x: 1 / (1 + x.abs()) ** 2,
+    "piecewise_quadratic": lambda x: torch.where(x.abs() <= 1, 1 - x.abs(), 0.0),
+    "piecewise_exp": lambda x: 0.5 * torch.exp(-x.abs()),
+    "erf": lambda x: 2 / math.sqrt(math.pi) * torch.exp(-4 * x * x),
+    "triangle": lambda x: torch.clamp(1 - x.abs(), min=0),
+    "rect": lambda x: (x.abs() < 0.5).double(),
+    "ste": lambda x: (x.abs() <= 1).double(),
+    "approx_sign": lambda x: torch.where(x.abs() <= 1, 2 - 2 * x.abs(), 0.0),
+    "swish_sign": lambda x: 5 * (2 - 5 * x * torch.tanh(2.5 * x)) / (1 + torch.cosh(5 * x)),
+}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_derivative_matches_spec_formula(name):
+    x = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    assert torch.allclose(get_surrogate(name).derivative(x), SPEC[name](x), rtol=1e-12, atol=1e-14)
+
+
+def _away_from_kinks(name, n=48):
+    x = torch.linspace(-2.9, 2.9, n, dtype=torch.float64)
+    kinks = torch.tensor([0.0, -1.0, 1.0, -0.5, 0.5], dtype=torch.float64)
+    keep = ((x[:, None] - kinks[None]).abs() > 1e-3).all(1)
+    return x[keep]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("signed", [False, True])
+def test_gradcheck_smooth_mode(name, signed):
+    """Smooth mode's backward is the derivative: gradcheck checks it against its primitive."""
+    x = _away_from_kinks(name).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: binarize(t, name, mode="smooth", signed=signed), (x,), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("signed", [False, True])
+def test_straight_through_forward_exact_backward_surrogate(name, signed):
+    s = get_surrogate(name)
+    x = torch.linspace(-3, 3, 97, dtype=torch.float64).requires_grad_()
+    y = binarize(x, s, mode="straight_through", signed=signed)
+    low = -1.0 if signed else 0.0
+    assert torch.equal(y, torch.where(x >= 0, 1.0, low).double())
+    g = torch.randn_like(x)
+    (gx,) = torch.autograd.grad(y, x, g)
+    expected = g * s.derivative(x.detach()) * s.grad_scale(signed)
+    assert torch.allclose(gx, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_grad_scale_conventions():
+    assert get_surrogate("htaf").grad_scale(signed=True) == 2.0
+    assert get_surrogate("atan").grad_scale(signed=False) == 1.0
+    assert get_surrogate("approx_sign").grad_scale(signed=True) == 1.0
+    assert get_surrogate("approx_sign").grad_scale(signed=False) == 0.5
+    assert get_surrogate("ste").grad_scale(True) == get_surrogate("ste").grad_scale(False) == 1.0
+
+
+def test_hard_mode_has_no_gradient_path():
+    x = torch.randn(5, requires_grad=True)
+    y = binarize(x, "htaf", mode="hard")
+    assert not y.requires_grad and torch.equal(y, (x >= 0).float())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_smooth_form_is_anchored_and_increasing(name):
+    s = get_surrogate(name)
+    x = torch.linspace(-0.4, 0.4, 81, dtype=torch.float64)
+    g = s.smooth(x)
+    assert s.smooth(torch.zeros(1, dtype=torch.float64)).item() == pytest.approx(0.5)
+    assert bool((g[1:] >= g[:-1]).all())
+
+
+def test_parameters_are_settable_and_validated():
+    assert get_surrogate("atan", alpha=3.0).alpha == 3.0
+    assert get_surrogate("ste", clip=math.inf).derivative(torch.tensor([1e6])).item() == 1.0
+    with pytest.raises(ValueError, match="atan.alpha"):
+        get_surrogate("atan", alpha=-2.0)
+    with pytest.raises(ValueError, match="unknown parameter.*slope"):
+        get_surrogate("atan", slope=2.0)
+    with pytest.raises(ValueError, match="unknown surrogate 'nope'.*htaf"):
+        get_surrogate("nope")
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        htaf.heaviside(torch.zeros(2), "nope")
+
+
+def test_surrogates_are_immutable_hashable_values():
+    a, b = get_surrogate("htaf", gamma=2.0), get_surrogate("htaf", gamma=2.0)
+    assert a == b and hash(a) == hash(b) and a != get_surrogate("htaf")
+    with pytest.raises(AttributeError, match="immutable"):
+        a.gamma = 3.0
+    c = a.replace(gamma=5.0)
+    assert c.gamma == 5.0 and a.gamma == 2.0
+    assert get_surrogate(a) is a and get_surrogate("HTAF").name == "htaf"
+    assert repr(c) == "HTAFSurrogate(alpha=0.5, beta=4, gamma=5)"
+
+
+def test_register_user_surrogate():
+    @register_surrogate("test_box")
+    class Box(Surrogate):
+        """g'(x) = 1[|x| < w] / (2w)."""
+
+        params = (Param("width", 0.5),)
+
+        def derivative(self, x):
+            return (x.abs() < self.width).to(x.dtype) / (2 * self.width)
+
+    try:
+        assert "test_box" in list_surrogates()
+        x = torch.tensor([0.1, 2.0], requires_grad=True)
+        htaf.heaviside(x, "test_box", width=0.25).sum().backward()
+        assert x.grad.tolist() == [2.0, 0.0]
+        with pytest.raises(ValueError, match="already registered"):
+            register_surrogate("test_box")(Box)
+        with pytest.raises(NotImplementedError, match="no smooth form"):
+            htaf.Heaviside("test_box", mode="smooth")(x)
+    finally:
+        from htaf import surrogates
+
+        surrogates._REGISTRY.pop("test_box", None)
+
+
+def test_surrogate_instance_is_a_spike_function():
+    spike = get_surrogate("atan", alpha=2.0)
+    v = torch.tensor([-0.2, 0.0, 0.3], requires_grad=True)
+    s = spike(v)
+    s.sum().backward()
+    assert s.tolist() == [0.0, 1.0, 1.0]
+    assert v.grad[1].item() == pytest.approx(1.0)
