@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from htaf.engine import TrainConfig, train
+from htaf.engine import TrainConfig, train  # noqa: E402  (after the sys.path line)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.zip"
 # HTAF both ways; clipped STE was the best baseline of the probes (77.5 % vs sigmoid-4 77.2 %).

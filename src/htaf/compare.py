@@ -408,10 +408,10 @@ def _figure(w, h):
     return fig
 
 
-def _colors(names):
+def _colors(names, many=False):
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    cmap = colormaps["tab10" if len(names) <= 10 and not many else "tab20"]
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
@@ -498,6 +498,8 @@ def plot_results(res: CompareResult, out: Path) -> list[Path]:
         fig = _figure(6.5, 4.2)
         ax = fig.add_subplot()
         depth = depths[0]
+        palette = _colors([f"{a} {p}" for a in res.config.activations
+                           for p, _ in _scale_params(a)], many=True)
         for act in res.config.activations:
             for param, default in _scale_params(act):
                 pts = []
@@ -514,8 +516,11 @@ def plot_results(res: CompareResult, out: Path) -> list[Path]:
                 if len(pts) > 1:
                     pts.sort()
                     ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o",
+                            color=palette[f"{act} {param}"],
+                            linestyle="-" if _key(act) in _HTAF else "--",
                             label=f"{act} {_GREEK.get(param, param)}")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter("{x:g}")
         ax.set_xlabel("multiple of the default value")
         ax.set_ylabel("hard-mode test accuracy (%)")
         ax.set_title("scale sweep" + ("" if depth is None else f", depth {depth}"))
