@@ -3,6 +3,6 @@
 from .registry import create_model, list_models, register_model
 
 # Importing each family registers its models.
-from . import bnn, icbm, snn  # noqa: E402,F401  isort: skip
+from . import bnn, dhn, icbm, snn  # noqa: E402,F401  isort: skip
 
 __all__ = ["create_model", "list_models", "register_model"]
