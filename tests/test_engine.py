@@ -18,7 +18,7 @@ from torch import nn
 import engine_models  # noqa: F401 - registers test_mlp / test_hooked_mlp
 from htaf import cli
 from htaf.data import load_dataset
-from htaf.engine import RunResult, TrainConfig, load_run, lr_factor, train
+from htaf.engine import RunResult, TrainConfig, load_run, lr_factor, resolve_anneal_gamma, train
 from htaf.metrics import binary_units, dead_unit_fraction, evaluate
 from htaf.nn import Heaviside
 
@@ -29,7 +29,7 @@ SRC = TESTS.parent / "src"
 def _config(tmp_path, **kw) -> TrainConfig:
     base = dict(model="test_mlp", model_kwargs={"activation": "htaf", "depth": 2, "width": 32},
                 data="digits", epochs=3, batch_size=64, lr=0.05, out_dir=str(tmp_path / "runs"),
-                log="none", seed=0)
+                log="none", seed=0, anneal_gamma=(1.0, 30.0))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -299,3 +299,16 @@ def test_cuda_run_with_amp_channels_last_and_augment(tmp_path, digits):
                            epochs=3, out_dir=None), dataset=digits)
     assert next(result.model.parameters()).is_cuda
     assert result.metrics["hard_test_acc"] > 0.5
+
+
+def test_auto_annealing_follows_the_evidence():
+    """"auto": γ 1 → 30 for convolutional models (the CIFAR CNN probe), fixed γ for MLPs (digits)."""
+    from htaf.models import create_model
+
+    mlp = create_model("dhn_mlp", in_features=64, num_classes=10, depth=2, width=16)
+    cnn = create_model("dhn_cnn", in_channels=1, image_size=8, num_classes=10, width_mult=1 / 16)
+    assert resolve_anneal_gamma("auto", mlp) is None
+    assert resolve_anneal_gamma("auto", cnn) == (1.0, 30.0)
+    assert resolve_anneal_gamma((2.0, 5.0), mlp) == (2.0, 5.0)
+    assert TrainConfig().anneal_gamma == "auto"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).anneal_gamma == "auto"

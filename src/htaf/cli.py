@@ -114,9 +114,11 @@ accuracy.png, summary.md. Flags override --config, which overrides the defaults.
 
 
 def _parse_pair(text: str):
-    """``"1,30"`` → (1.0, 30.0); ``"none"`` → None."""
+    """``"1,30"`` → (1.0, 30.0); ``"none"`` → None; ``"auto"`` → "auto"."""
     if text.strip().lower() in ("none", "off", "null"):
         return None
+    if text.strip().lower() == "auto":
+        return "auto"
     parts = text.replace(":", ",").split(",")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected START,END or none, got {text!r}")
@@ -187,7 +189,9 @@ def _add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=S, help="default: 0")
     g = p.add_argument_group("annealing of smooth HTAF layers (per epoch)")
     g.add_argument("--anneal-gamma", dest="anneal_gamma", type=_parse_pair, default=S,
-                   metavar="START,END|none", help="γ from START to END (default: 1,30)")
+                   metavar="START,END|auto|none",
+                   help="γ from START to END (default: auto = 1,30 for convolutional models, "
+                        "fixed γ for MLPs; evidence in docs/training.md)")
     g.add_argument("--anneal-beta", dest="anneal_beta", type=_parse_pair, default=S,
                    metavar="START,END|none", help="β from START to END (default: none)")
     g.add_argument("--anneal-schedule", dest="anneal_schedule", choices=("exp", "linear", "cosine"),
