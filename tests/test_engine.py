@@ -312,3 +312,45 @@ def test_auto_annealing_follows_the_evidence():
     assert resolve_anneal_gamma((2.0, 5.0), mlp) == (2.0, 5.0)
     assert TrainConfig().anneal_gamma == "auto"
     assert TrainConfig.from_dict(TrainConfig().to_dict()).anneal_gamma == "auto"
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL an `htaf train` process mid-run, resume it, and compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    args = ["--model", "dhn_mlp", "--depth", "3", "--width", "256", "--epochs", "10",
+            "--optimizer", "adamw", "--lr", "0.003", "--out", str(tmp_path), "--log", "plain"]
+
+    def htaf_train(*extra):
+        return [sys.executable, "-m", "htaf", "train", *args, *extra]
+
+    subprocess.run(htaf_train("--name", "full"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(htaf_train("--name", "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 10
+    subprocess.run(htaf_train("--name", "killed", "--resume"), env=env, check=True,
+                   capture_output=True)
+
+    def final(name):
+        ckpt = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)
+        return ckpt["model"], [json.loads(x) for x in (tmp_path / name / "metrics.jsonl")
+                               .read_text().splitlines()]
+
+    (w_full, h_full), (w_res, h_res) = final("full"), final("killed")
+    assert _same_weights(w_full, w_res)
+    assert _trajectory(h_full) == _trajectory(h_res)
