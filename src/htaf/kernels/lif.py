@@ -194,6 +194,34 @@ if HAS_TRITON:
         tl.store(vlast_ptr + offs, v.to(vlast_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _bptt_step(h, gs, gv, k, v_th, v_reset, a, b, g, HARD: tl.constexpr,
+                   LEAKY: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH: tl.constexpr,
+                   SURROGATE: tl.constexpr):
+        """One reverse step: from dL/dS[t] (``gs``) and dL/dV[t] (``gv``) to dL/dX[t],
+        dL/dV[t−1] and dL/dH[t]."""
+        sg = _surrogate_grad(h - v_th, a, b, g, SURROGATE)
+        s = (h >= v_th).to(tl.float32)
+        if HARD:
+            dvdh = 1.0 - s
+            if not DETACH:
+                dvdh += (v_reset - h) * sg
+        else:
+            dvdh = tl.zeros_like(h) + 1.0
+            if not DETACH:
+                dvdh -= v_th * sg
+        gh = gs * sg + gv * dvdh
+        if LEAKY:
+            if DECAY_INPUT:
+                gx = gh * k
+            else:
+                gx = gh
+            gv_prev = gh * (1.0 - k)
+        else:
+            gx = gh
+            gv_prev = gh
+        return gx, gv_prev, gh
+
+    @triton.jit
     def _lif_bwd_kernel(gs_ptr, gvlast_ptr, x_ptr, v0_ptr, k_ptr, gx_ptr, gv0_ptr, gk_ptr, N,
                         v_th, v_reset, a, b, g,
                         T: tl.constexpr, T_PAD: tl.constexpr, HARD: tl.constexpr,
@@ -221,26 +249,8 @@ if HAS_TRITON:
             t = T - 1 - i
             h = tl.sum(tl.where(tt == t, hs, 0.0), axis=0)
             gs = tl.load(gs_ptr + t * N + offs, mask=mask, other=0.0).to(tl.float32)
-            sg = _surrogate_grad(h - v_th, a, b, g, SURROGATE)
-            s = (h >= v_th).to(tl.float32)
-            if HARD:
-                dvdh = 1.0 - s
-                if not DETACH:
-                    dvdh += (v_reset - h) * sg
-            else:
-                dvdh = tl.full((BLOCK,), 1.0, tl.float32)
-                if not DETACH:
-                    dvdh -= v_th * sg
-            gh = gs * sg + gv * dvdh
-            if LEAKY:
-                if DECAY_INPUT:
-                    gx = gh * k
-                else:
-                    gx = gh
-                gv = gh * (1.0 - k)
-            else:
-                gx = gh
-                gv = gh
+            gx, gv, gh = _bptt_step(h, gs, gv, k, v_th, v_reset, a, b, g, HARD, LEAKY,
+                                    DECAY_INPUT, DETACH, SURROGATE)
             tl.store(gx_ptr + t * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
             if NEED_GK:
                 if t == 0:
@@ -276,26 +286,8 @@ if HAS_TRITON:
             t = T - 1 - i
             h = tl.load(h_ptr + t * N + offs, mask=mask, other=0.0)
             gs = tl.load(gs_ptr + t * N + offs, mask=mask, other=0.0).to(tl.float32)
-            sg = _surrogate_grad(h - v_th, a, b, g, SURROGATE)
-            s = (h >= v_th).to(tl.float32)
-            if HARD:
-                dvdh = 1.0 - s
-                if not DETACH:
-                    dvdh += (v_reset - h) * sg
-            else:
-                dvdh = tl.full((BLOCK,), 1.0, tl.float32)
-                if not DETACH:
-                    dvdh -= v_th * sg
-            gh = gs * sg + gv * dvdh
-            if LEAKY:
-                if DECAY_INPUT:
-                    gx = gh * k
-                else:
-                    gx = gh
-                gv = gh * (1.0 - k)
-            else:
-                gx = gh
-                gv = gh
+            gx, gv, gh = _bptt_step(h, gs, gv, k, v_th, v_reset, a, b, g, HARD, LEAKY,
+                                    DECAY_INPUT, DETACH, SURROGATE)
             tl.store(gx_ptr + t * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
             if NEED_GK:
                 hp = tl.load(h_ptr + (t - 1) * N + offs, mask=mask & (t > 0), other=0.0)
