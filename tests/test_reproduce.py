@@ -57,3 +57,16 @@ def test_cli_rejects_unknown_part(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_part_split_over_seeds_is_merged(tmp_path):
+    quiet = dict(data="digits", out=tmp_path, smoke=True, say=lambda _: None)
+    reproduce.run_part("icbm", seeds=(0,), **quiet)
+    rec = reproduce.run_part("icbm", seeds=(1,), **quiet)
+    assert rec["seeds"] == [0, 1]
+    for row in rec["rows"]:
+        assert [r["seed"] for r in row["runs"]] == [0, 1] and row["hard_acc_std"] is not None
+    again = reproduce.run_part("icbm", seeds=(1,), **quiet)       # a rerun replaces, not appends
+    assert [len(row["runs"]) for row in again["rows"]] == [2, 2]
+    other = reproduce.run_part("icbm", seeds=(1,), epochs=2, **quiet)   # other settings: fresh
+    assert other["seeds"] == [1]

@@ -12,6 +12,9 @@ section. Parts are sized to run in under 10 minutes each on one H100, about 25 m
     htaf reproduce speed                 # the activation, LIF and BNN-inference benchmarks
     htaf reproduce report                # docs/results.md + README section from the JSON
 
+A part can be split over several calls to stay under a time limit (``--seeds 0``, then
+``--seeds 1``): runs of other seeds from an earlier call with the same settings are merged.
+
 Every run uses the fast data path of :mod:`htaf.engine` (whole dataset on the device, crop + flip
 on the GPU), bf16 autocast and channels_last; every setting is recorded in the JSON. ``--smoke``
 runs each part on ``digits`` with tiny models on the CPU in seconds: it checks the pipeline, it
@@ -125,11 +128,10 @@ def run_part(name: str, *, data: str, out: Path, epochs: int | None = None,
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     recipe = dict(part.recipe)
     hardware = {"amp": on_gpu, "channels_last": on_gpu and name != "snn", "compile": compile}
-    rows = []
     t_part = time.perf_counter()
+    new_runs: dict[str, list[dict]] = {}
     for label, model, kwargs in part.variants:
         kwargs = {**kwargs, **(part.smoke_kwargs if smoke else {})}
-        results = []
         for seed in seeds:
             cfg = TrainConfig(model=model, model_kwargs=kwargs, data=data, epochs=epochs,
                               seed=seed, device=device, log="none", checkpoint_every=0,
@@ -140,29 +142,48 @@ def run_part(name: str, *, data: str, out: Path, epochs: int | None = None,
             res = train(cfg, dataset=dataset)
             wall = time.perf_counter() - t0
             epoch_times = [h["epoch_time"] for h in res.history if h.get("epoch_time")]
-            results.append({"seed": seed, "wall_s": wall, **{k: res.metrics.get(k) for k in (
+            run = {"seed": seed, "wall_s": wall, **{k: res.metrics.get(k) for k in (
                 "hard_test_acc", "test_acc", "gap", "dead_units", "saturation",
                 "active_per_image", "spike_rate")},
-                "epoch_time_s": statistics.median(epoch_times) if epoch_times else None})
-            say(f"[{name}] {label:<34} seed {seed}: hard {100 * results[-1]['hard_test_acc']:.2f}%"
+                "epoch_time_s": statistics.median(epoch_times) if epoch_times else None}
+            new_runs.setdefault(label, []).append(run)
+            say(f"[{name}] {label:<34} seed {seed}: hard {100 * run['hard_test_acc']:.2f}%"
                 f"  ({wall:.0f} s)")
-        accs = [r["hard_test_acc"] for r in results]
-        rows.append({
-            "label": label, "model": model, "model_kwargs": kwargs,
-            "hard_acc_mean": statistics.fmean(accs),
-            "hard_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "gap_mean": _mean([r["gap"] for r in results]),
-            "saturation_mean": _mean([r["saturation"] for r in results]),
-            "epoch_time_s": _mean([r["epoch_time_s"] for r in results]),
-            "wall_s_per_run": statistics.fmean(r["wall_s"] for r in results),
-            "runs": results})
+    command = " ".join(["htaf", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] \
+        else None
     record = {
         "part": name, "title": part.title, "baseline_note": part.baseline_note,
-        "smoke": smoke, "data": dataset.name, "epochs": epochs, "seeds": list(seeds),
-        "recipe": recipe, "hardware": hardware, "device": _device_name(on_gpu),
-        "versions": _versions(), "wall_s": time.perf_counter() - t_part,
-        "command": " ".join(["htaf", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"]
-        else None, "rows": rows}
+        "smoke": smoke, "data": dataset.name, "epochs": epochs, "recipe": recipe,
+        "hardware": hardware, "device": _device_name(on_gpu), "versions": _versions(),
+        "wall_s": time.perf_counter() - t_part, "commands": [command] if command else []}
+    # A part may be split over several calls (e.g. --seeds 0, then --seeds 1, to stay under a
+    # time limit): runs of other seeds from an earlier call with the same settings are kept.
+    earlier = _read_json(out / f"{name}.json")
+    same = ("smoke", "data", "epochs", "recipe", "hardware", "device")
+    if earlier and all(earlier.get(k) == json.loads(json.dumps(record[k])) for k in same):
+        record["wall_s"] += earlier.get("wall_s", 0.0)
+        record["commands"] = earlier.get("commands", []) + record["commands"]
+        for row in earlier.get("rows", []):
+            fresh = {r["seed"] for r in new_runs.get(row["label"], [])}
+            kept = [r for r in row["runs"] if r["seed"] not in fresh]
+            new_runs[row["label"]] = sorted(kept + new_runs.get(row["label"], []),
+                                            key=lambda r: r["seed"])
+    rows = []
+    for label, model, kwargs in part.variants:
+        runs = new_runs.get(label, [])
+        accs = [r["hard_test_acc"] for r in runs]
+        rows.append({
+            "label": label, "model": model,
+            "model_kwargs": {**kwargs, **(part.smoke_kwargs if smoke else {})},
+            "hard_acc_mean": statistics.fmean(accs),
+            "hard_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            "gap_mean": _mean([r["gap"] for r in runs]),
+            "saturation_mean": _mean([r["saturation"] for r in runs]),
+            "epoch_time_s": _mean([r["epoch_time_s"] for r in runs]),
+            "wall_s_per_run": statistics.fmean(r["wall_s"] for r in runs),
+            "runs": runs})
+    record["seeds"] = sorted({r["seed"] for row in rows for r in row["runs"]})
+    record["rows"] = rows
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / f"{name}.json", record)
     say(f"[{name}] wrote {out / f'{name}.json'} ({record['wall_s']:.0f} s)")
