@@ -174,6 +174,35 @@ def test_kernels_compile_for_hopper():
                                        "T": "i32"}, dict(HARD=True, BLOCK=1024, **common), 8)
 
 
+_TRANSPOSED_GRAD = """
+import torch
+from htaf.kernels import lif
+torch.manual_seed(0)
+x = torch.randn(4, 6) * 1.5 + 0.6
+w = torch.randn(6, 4)
+grads = []
+for backend in ("triton", "torch"):
+    xi = x.clone().requires_grad_()
+    s, _ = lif.lif_multistep(xi, torch.zeros(6), 0.5, backend=backend)
+    (s.t() * w).sum().backward()  # dL/dS arrives transposed: strides (1, T)
+    grads.append(xi.grad)
+print(float((grads[0] - grads[1]).abs().max()))
+"""
+
+
+def test_kernel_backward_with_non_contiguous_grad_interpreted():
+    """Regression: dL/dX was allocated with dL/dS's (transposed) strides but written row-major,
+    so a consumer that permutes the spikes (e.g. [T, B, C] → [B, C, T] for a temporal conv)
+    got scrambled input gradients from the fused kernel."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _TRANSPOSED_GRAD], env=env, capture_output=True,
+                          text=True, check=False, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 def test_rejects_unsupported():
     from htaf.kernels import lif
 

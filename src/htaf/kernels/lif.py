@@ -358,7 +358,8 @@ def _lif_bwd_op(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, h: tor
     Recomputes H from ``x`` when ``h`` is empty (T ≤ MAX_T_RECOMPUTE), else reads ``h``.
     """
     T, N = gs.shape
-    gx = torch.empty_like(gs)
+    gs = gs.contiguous()  # the kernels index [T, N] row-major: gx must be laid out so too,
+    gx = torch.empty_like(gs, memory_format=torch.contiguous_format)  # whatever gs's strides
     gv0 = torch.empty_like(v0)
     if N == 0:
         return gx, gv0, torch.zeros(1, device=gs.device, dtype=torch.float32)
@@ -370,7 +371,7 @@ def _lif_bwd_op(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, h: tor
         n_prog = triton.cdiv(N, block)
         gk_part = torch.empty(n_prog if need_gk else 1, device=gs.device, dtype=torch.float32)
         _lif_bwd_kernel[(n_prog,)](
-            gs.contiguous(), gv_last.contiguous(), x, v0, k, gx, gv0, gk_part, N,
+            gs, gv_last.contiguous(), x, v0, k, gx, gv0, gk_part, N,
             v_threshold, v_reset, a, b, g, T=T, T_PAD=t_pad, BLOCK=block,
             num_warps=_num_warps(block), **common)
     else:
@@ -378,7 +379,7 @@ def _lif_bwd_op(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, h: tor
         n_prog = triton.cdiv(N, block)
         gk_part = torch.empty(n_prog if need_gk else 1, device=gs.device, dtype=torch.float32)
         _lif_bwd_stored_kernel[(n_prog,)](
-            gs.contiguous(), gv_last.contiguous(), h, v0, k, gx, gv0, gk_part, N, T,
+            gs, gv_last.contiguous(), h, v0, k, gx, gv0, gk_part, N, T,
             v_threshold, v_reset, a, b, g, BLOCK=block, num_warps=_num_warps(block), **common)
     gk = gk_part.sum().reshape(1) if need_gk else torch.zeros(1, device=gs.device,
                                                                 dtype=torch.float32)
@@ -388,7 +389,8 @@ def _lif_bwd_op(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, h: tor
 @_lif_bwd_op.register_fake
 def _(gs, gv_last, x, h, v0, k, v_threshold, v_reset, hard, leaky, decay_input, detach_reset,
       surrogate_id, a, b, g, need_gk):
-    return torch.empty_like(gs), torch.empty_like(v0), gs.new_empty(1, dtype=torch.float32)
+    return (torch.empty_like(gs, memory_format=torch.contiguous_format), torch.empty_like(v0),
+            gs.new_empty(1, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
