@@ -211,6 +211,24 @@ def test_binary_first_and_last_and_bad_arguments():
         create_model("bnn_resnet18", width_mult=0)
 
 
+@pytest.mark.parametrize("name, kw", [
+    ("bnn_vgg_small", dict(in_channels=3, image_size=8, width_mult=1 / 16)),
+    ("bnn_resnet18", dict(in_channels=3, image_size=8, width_mult=1 / 16)),
+    ("bnn_mlp", dict(in_channels=1, image_size=8)),
+])
+def test_models_take_act_params_as_compare_passes_them(name, kw):
+    """Regression: ``htaf compare --scales`` passes ``act_params``; the BNN factories rejected it
+    (TypeError after the first variant had trained)."""
+    model = create_model(name, num_classes=3, activation="atan", act_params={"alpha": 5.0}, **kw)
+    qs = [m.input_quantizer.surrogate for _, m in binary_layers(model)]
+    assert qs and all(q.name == "atan" and q.hyperparameters()["alpha"] == 5.0 for q in qs)
+    model = create_model(name, num_classes=3, activation="htaf_st", act_params={"beta": 8.0}, **kw)
+    assert all(m.input_quantizer.surrogate.hyperparameters()["beta"] == 8.0
+               for _, m in binary_layers(model))
+    with pytest.raises(ValueError, match="no surrogate parameters"):
+        create_model(name, activation="relu", act_params={"alpha": 2.0}, **kw)
+
+
 def test_binary_mlp_learns_digits():
     model, _ = trained_digits_mlp()
     _, _, xte, yte = digits_split()

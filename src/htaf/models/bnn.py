@@ -7,6 +7,9 @@ Every factory takes the model contract's keywords (``in_channels``, ``image_size
 * ``"ste"``, ``"approx_sign"``, ``"swish_sign"`` or any registered surrogate name;
 * ``"relu"`` — the full-precision ceiling: the same architecture with real weights and ReLU.
 
+``act_params`` (a dict, e.g. ``{"alpha": 2.0}``) sets the surrogate's own parameters, as for the
+other families (``htaf compare --scales`` passes it).
+
 Weights are sign(W) with clipped-STE gradient (``weight_quantizer``) and a per-output-channel scale
 (``scale="channel"``). The first and last layers are full precision unless ``binary_first`` /
 ``binary_last``. The sign of a layer's input lives inside the binary layer (its input quantizer),
@@ -20,6 +23,7 @@ from torch import nn
 
 from .._checks import check_int, check_real
 from ..nn.binary import BinaryConv2d, BinaryLinear
+from ..surrogates import get_surrogate
 from .registry import register_model
 
 __all__ = ["bnn_vgg_small", "bnn_resnet18", "bnn_mlp", "LearnableBias", "RPReLU"]
@@ -36,9 +40,18 @@ def _is_real(activation: str) -> bool:
 class _Layers:
     """Builds conv/linear layers for one model: binary ones or, for the ceiling, real ones."""
 
-    def __init__(self, activation: str, weight_quantizer, scale, clip):
+    def __init__(self, activation: str, weight_quantizer, scale, clip, act_params=None):
         self.real = _is_real(activation)
-        self.kw = dict(input_quantizer=activation, weight_quantizer=weight_quantizer,
+        if act_params is not None and not isinstance(act_params, dict):
+            raise ValueError(f"act_params must be a dict, got {act_params!r}")
+        quantizer = activation
+        if act_params:  # the surrogate's own parameters (what `htaf compare --scales` passes)
+            if self.real:
+                raise ValueError(f"activation 'relu' takes no surrogate parameters, got "
+                                 f"{sorted(act_params)}")
+            key = activation.strip().lower().replace("-", "_")
+            quantizer = get_surrogate("htaf" if key == "htaf_st" else key, **act_params)
+        self.kw = dict(input_quantizer=quantizer, weight_quantizer=weight_quantizer,
                        scale=scale, clip=clip)
         if not self.real:  # fail now, not at the first forward, on a bad name
             BinaryLinear(1, 1, **self.kw)
@@ -74,7 +87,8 @@ def bnn_vgg_small(*, in_channels: int = 3, image_size: int = 32, num_classes: in
                   activation: str = "htaf", width_mult: float = 1.0, binary_first: bool = False,
                   binary_last: bool = False, weight_quantizer: str | None = "ste",
                   scale: str | None = "channel", clip: float | None = 1.0,
-                  hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
+                  hidden: int = 0, dropout: float = 0.0,
+                  act_params: dict | None = None) -> nn.Sequential:
     """BinaryNet-style VGG-small: 128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-MP2-[FC hidden]-FC.
 
     Each conv is followed by (max-pool and) BatchNorm; the next binary layer takes the sign.
@@ -86,7 +100,7 @@ def bnn_vgg_small(*, in_channels: int = 3, image_size: int = 32, num_classes: in
     if image_size % 8:
         raise ValueError(f"bnn_vgg_small needs image_size divisible by 8, got {image_size}")
     check_int("hidden", hidden, low=0)
-    L = _Layers(activation, weight_quantizer, scale, clip)
+    L = _Layers(activation, weight_quantizer, scale, clip, act_params)
     w = [_width(c, width_mult) for c in (128, 128, 256, 256, 512, 512)]
     layers: list[nn.Module] = []
     cin = in_channels
@@ -173,14 +187,15 @@ def bnn_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int
                  activation: str = "htaf", width_mult: float = 1.0, binary_first: bool = False,
                  binary_last: bool = False, weight_quantizer: str | None = "ste",
                  scale: str | None = "channel", clip: float | None = 1.0,
-                 learnable_threshold: bool = False, rprelu: bool = False) -> BNNResNet:
+                 learnable_threshold: bool = False, rprelu: bool = False,
+                 act_params: dict | None = None) -> BNNResNet:
     """Bi-Real/ReActNet-style ResNet-18: 16 binary 3×3 convs, each with a real shortcut, in four
     stages of widths 64-128-256-512 (× ``width_mult``). Stem: 3×3 conv (``image_size`` < 64, CIFAR)
     or 7×7/2 conv + 3×3/2 max-pool (ImageNet-sized), real unless ``binary_first``; head: global
     average pool + FC, real unless ``binary_last``. ``learnable_threshold``: a learnable per-channel
     shift before each sign (RSign); ``rprelu``: RPReLU after each block's addition."""
     _check_common(in_channels, image_size, num_classes, width_mult)
-    L = _Layers(activation, weight_quantizer, scale, clip)
+    L = _Layers(activation, weight_quantizer, scale, clip, act_params)
     widths = [_width(c, width_mult) for c in (64, 128, 256, 512)]
     if image_size < 64:
         stem = nn.Sequential(L.conv(in_channels, widths[0], 3, 1, 1, binary=binary_first),
@@ -204,7 +219,7 @@ def bnn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
             in_features: int | None = None, activation: str = "htaf", hidden=(256, 256),
             binary_first: bool = False, binary_last: bool = False,
             weight_quantizer: str | None = "ste", scale: str | None = "channel",
-            clip: float | None = 1.0) -> nn.Sequential:
+            clip: float | None = 1.0, act_params: dict | None = None) -> nn.Sequential:
     """Flatten → [Linear → BN] per hidden width → Linear. The first Linear is real unless
     ``binary_first``, the classifier real unless ``binary_last``; every other Linear is binary
     (its sign taking the previous BN output)."""
@@ -217,7 +232,7 @@ def bnn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
     hidden = [hidden] if isinstance(hidden, int) else list(hidden)
     for h in hidden:
         check_int("hidden", h, low=1)
-    L = _Layers(activation, weight_quantizer, scale, clip)
+    L = _Layers(activation, weight_quantizer, scale, clip, act_params)
     layers: list[nn.Module] = [nn.Flatten()]
     fin = in_features
     for i, h in enumerate(hidden):
