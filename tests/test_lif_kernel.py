@@ -203,6 +203,43 @@ def test_kernel_backward_with_non_contiguous_grad_interpreted():
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
 
 
+def test_kernel_row_offsets_are_int64_for_int32_n():
+    """Regression: Triton types N as i32 whenever N < 2^31, and ``t * N`` was then an i32 product
+    that overflows once T·N ≥ 2^31 (e.g. T=8 over [64, 256, 128, 128]): out-of-bounds accesses
+    on CUDA. Every multiply of the kernels' index math must be 64-bit."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from htaf.kernels import lif
+
+    if not hasattr(lif._lif_fwd_kernel, "arg_names"):
+        pytest.skip("kernels were built for the interpreter in this process")
+    scalars = {"v_th": "fp32", "v_reset": "fp32", "a": "fp32", "b": "fp32", "g": "fp32",
+               "N": "i32", "T": "i32", "k_ptr": "*fp32", "gk_ptr": "*fp32", "h_ptr": "*fp32"}
+    common = {"LEAKY": True, "DECAY_INPUT": True, "DETACH": False, "SURROGATE": 0,
+              "NEED_GK": True}
+    kernels = [
+        (lif._lif_fwd_kernel, {"HARD": True, "LEAKY": True, "DECAY_INPUT": True,
+                               "STORE_H": True, "BLOCK": 1024}),
+        (lif._lif_bwd_kernel, dict(T=4, T_PAD=4, HARD=False, BLOCK=256, **common)),
+        (lif._lif_bwd_stored_kernel, dict(HARD=True, BLOCK=1024, **common)),
+    ]
+    for fn, constexprs in kernels:
+        sig = {n: scalars.get(n, "*bf16") for n in fn.arg_names if n not in constexprs}
+        src = ASTSource(fn, sig, constexprs=constexprs)
+        try:
+            ttir = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": 8}).asm["ttir"]
+        except RuntimeError as e:  # no NVIDIA backend/ptxas in this environment
+            if "ptxas" in str(e) or "backend" in str(e).lower():
+                pytest.skip(f"cannot compile for CUDA here: {e}")
+            raise
+        narrow = [line.strip() for line in ttir.splitlines()
+                  if "arith.muli" in line and line.rstrip().split(" loc(")[0].endswith(": i32")]
+        assert not narrow, (fn.__name__, narrow)
+
+
 def test_rejects_unsupported():
     from htaf.kernels import lif
 

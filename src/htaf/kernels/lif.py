@@ -179,11 +179,12 @@ if HAS_TRITON:
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
+        n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
         k = tl.load(k_ptr).to(tl.float32)
         r = v_reset if HARD else 0.0
         v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         for t in range(T):
-            base = t * N  # N is int64 when large: no overflow for > 2^31 elements
+            base = t * n64
             x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
             h = _charge(v, x, k, r, LEAKY, DECAY_INPUT)
             s = (h >= v_th).to(tl.float32)
@@ -230,6 +231,7 @@ if HAS_TRITON:
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
+        n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
         k = tl.load(k_ptr).to(tl.float32)
         r = v_reset if HARD else 0.0
         tt = tl.arange(0, T_PAD)[:, None]
@@ -238,7 +240,7 @@ if HAS_TRITON:
         hs = tl.zeros((T_PAD, BLOCK), dtype=tl.float32)
         v = v0
         for step in tl.static_range(T):
-            x = tl.load(x_ptr + step * N + offs, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + step * n64 + offs, mask=mask, other=0.0).to(tl.float32)
             h = _charge(v, x, k, r, LEAKY, DECAY_INPUT)
             hs = tl.where(tt == step, h[None, :], hs)
             v = _reset(h, (h >= v_th).to(tl.float32), v_th, v_reset, HARD)
@@ -248,10 +250,10 @@ if HAS_TRITON:
         for i in tl.static_range(T):
             t = T - 1 - i
             h = tl.sum(tl.where(tt == t, hs, 0.0), axis=0)
-            gs = tl.load(gs_ptr + t * N + offs, mask=mask, other=0.0).to(tl.float32)
+            gs = tl.load(gs_ptr + t * n64 + offs, mask=mask, other=0.0).to(tl.float32)
             gx, gv, gh = _bptt_step(h, gs, gv, k, v_th, v_reset, a, b, g, HARD, LEAKY,
                                     DECAY_INPUT, DETACH, SURROGATE)
-            tl.store(gx_ptr + t * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+            tl.store(gx_ptr + t * n64 + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
             if NEED_GK:
                 if t == 0:
                     vprev = v0
@@ -277,6 +279,7 @@ if HAS_TRITON:
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
+        n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
         k = tl.load(k_ptr).to(tl.float32)
         r = v_reset if HARD else 0.0
         v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -284,13 +287,13 @@ if HAS_TRITON:
         gk = tl.zeros((BLOCK,), dtype=tl.float32)
         for i in range(T):
             t = T - 1 - i
-            h = tl.load(h_ptr + t * N + offs, mask=mask, other=0.0)
-            gs = tl.load(gs_ptr + t * N + offs, mask=mask, other=0.0).to(tl.float32)
+            h = tl.load(h_ptr + t * n64 + offs, mask=mask, other=0.0)
+            gs = tl.load(gs_ptr + t * n64 + offs, mask=mask, other=0.0).to(tl.float32)
             gx, gv, gh = _bptt_step(h, gs, gv, k, v_th, v_reset, a, b, g, HARD, LEAKY,
                                     DECAY_INPUT, DETACH, SURROGATE)
-            tl.store(gx_ptr + t * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+            tl.store(gx_ptr + t * n64 + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
             if NEED_GK:
-                hp = tl.load(h_ptr + (t - 1) * N + offs, mask=mask & (t > 0), other=0.0)
+                hp = tl.load(h_ptr + (t - 1) * n64 + offs, mask=mask & (t > 0), other=0.0)
                 vp = _reset(hp, (hp >= v_th).to(tl.float32), v_th, v_reset, HARD)
                 vprev = tl.where(t > 0, vp, v0)
                 if DECAY_INPUT:
