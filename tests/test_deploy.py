@@ -166,6 +166,19 @@ def test_save_load_roundtrip(tmp_path):
         PackedModel.load(tmp_path / "bad.htafbin")
 
 
+def test_load_puts_the_model_on_the_map_location_device(tmp_path):
+    """Regression: ``PackedModel.load(path, map_location="cuda")`` loaded the tensors there but
+    copied them into a model built on the CPU, so it stayed on the CPU (and failed on CUDA
+    inputs). ``meta`` stands in for a GPU here."""
+    kw = dict(in_channels=3, image_size=8, num_classes=4, width_mult=1 / 16)
+    path = pack_model(create_model("bnn_vgg_small", **kw),
+                      arch={"model": "bnn_vgg_small", "model_kwargs": kw}).save(tmp_path / "m.bin")
+    loaded = PackedModel.load(path, map_location="meta")
+    tensors = list(loaded.state_dict().values())
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert all(t.device.type == "cpu" for t in PackedModel.load(path).state_dict().values())
+
+
 def test_full_precision_model_cannot_be_packed():
     with pytest.raises(ValueError, match="no binary layers"):
         pack_model(create_model("bnn_mlp", activation="relu"))

@@ -337,7 +337,8 @@ class PackedModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> PackedModel:
-        """Rebuild the model named in the file's ``arch`` and load its packed state."""
+        """Rebuild the model named in the file's ``arch`` and load its packed state, on the
+        device ``map_location`` (as for ``torch.load``) puts it."""
         from .models import create_model
 
         path = Path(path)
@@ -350,7 +351,10 @@ class PackedModel(nn.Module):
             raise ValueError(f"{path}: unsupported packed format version {payload.get('version')}")
         arch, word_bits = payload["arch"], payload["word_bits"]
         module = create_model(arch["model"], **arch.get("model_kwargs", {}))
-        module.eval()
+        # on the device map_location put the tensors on (load_state_dict copies values only)
+        device = next((t.device for t in payload["state_dict"].values()
+                       if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        module.to(device).eval()
         set_mode(module, "hard")
         _convert(module, word_bits, "auto")
         module.load_state_dict(payload["state_dict"])
