@@ -1,6 +1,7 @@
 """htaf reproduce: a part runs end to end (smoke size) and the report is built from the JSON."""
 
 import json
+from pathlib import Path
 
 from htaf import reproduce
 from htaf.cli import main
@@ -70,3 +71,18 @@ def test_a_part_split_over_seeds_is_merged(tmp_path):
     assert [len(row["runs"]) for row in again["rows"]] == [2, 2]
     other = reproduce.run_part("icbm", seeds=(1,), epochs=2, **quiet)   # other settings: fresh
     assert other["seeds"] == [1]
+
+
+def test_speed_writes_where_the_report_reads_whatever_the_cwd(tmp_path, monkeypatch):
+    """Regression: the benchmarks run with cwd = the repo root, and a relative ``out`` (the
+    default ``benchmarks/results``, or ``--speed-dir``) was passed on as is, so from another
+    folder the JSON landed under the repo while ``report`` looked for it under the cwd."""
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append((args, kw)))
+    monkeypatch.chdir(tmp_path)
+    written = reproduce.run_speed(Path("speed"), smoke=True, say=lambda _m: None)
+    assert len(calls) == len(reproduce.SPEED)
+    for (args, _), path in zip(calls, written):
+        assert Path(args[-1]) == tmp_path / "speed" / path.name

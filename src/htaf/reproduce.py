@@ -200,7 +200,7 @@ def run_speed(out: Path, *, smoke: bool = False, say=print) -> list[Path]:
                                     "--batch-sizes", "1", "2"]}
     written = []
     for script, json_name in SPEED:
-        target = out / json_name
+        target = (out / json_name).resolve()  # the scripts run in the repo root, not our cwd
         args = [sys.executable, str(bench / script)] + (small[script] if smoke else [])
         args += ["--json" if script != "bench_bnn_infer.py" else "--out", str(target)]
         say(f"[speed] {' '.join(args[1:])}")
