@@ -354,3 +354,39 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (w_full, h_full), (w_res, h_res) = final("full"), final("killed")
     assert _same_weights(w_full, w_res)
     assert _trajectory(h_full) == _trajectory(h_res)
+
+
+def test_compile_limit_covers_every_annealed_epoch(digits, monkeypatch):
+    """A compiled, annealed run recompiles every epoch (new γ; smooth and hard evaluation); the
+    limit must cover the whole run, else Dynamo silently runs the later epochs eager."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from htaf import engine, metrics
+    from htaf.nn import Anneal
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(cfg, name):
+            monkeypatch.setattr(cfg, name, getattr(cfg, name))   # restored after the test
+    torch._dynamo.reset()
+    counters.clear()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), Heaviside(mode="smooth"),
+                          nn.Linear(16, 10))
+    anneal = Anneal(model, gamma=(1.0, 30.0))
+    fast = torch.compile(model, backend="eager")
+    x, y = digits.train_x[:8].float(), digits.train_y[:8]
+    epochs = 3
+    for epoch in range(epochs):
+        anneal.set_progress(epoch / (epochs - 1))
+        model.train()
+        fast(x).sum().backward()
+        metrics.evaluate(fast, [(x, y)])
+        metrics.evaluate(fast, [(x, y)], mode="hard", dead_units=True)
+    graphs = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert graphs <= engine._GRAPHS_PER_EPOCH * epochs
+    long_run = 200
+    engine._configure_compile(long_run)
+    assert cfg.recompile_limit >= engine._GRAPHS_PER_EPOCH * long_run

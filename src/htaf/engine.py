@@ -387,12 +387,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _configure_compile() -> None:
-    """γ changes once per epoch and evaluation flips modes: allow the recompiles that causes."""
+# Graphs a compiled model adds per annealed epoch (train, smooth eval, hard eval, one spare).
+_GRAPHS_PER_EPOCH = 4
+
+
+def _configure_compile(epochs: int) -> None:
+    """γ changes once per epoch and evaluation flips modes: allow the recompiles that causes.
+
+    Each annealed epoch adds up to ``_GRAPHS_PER_EPOCH`` graphs (train, smooth eval, hard eval
+    with the dead-unit hooks); past the limit Dynamo silently falls back to eager for the rest of
+    the run, so the limit grows with ``epochs`` (a fixed 64 was reached near epoch 20).
+    """
     cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
+    needed = _GRAPHS_PER_EPOCH * epochs + 16
+    for name, floor in (("recompile_limit", needed), ("cache_size_limit", needed),
+                        ("accumulated_recompile_limit", 4 * needed),
+                        ("accumulated_cache_size_limit", 4 * needed)):
         if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 64))
+            setattr(cfg, name, max(getattr(cfg, name), floor))
 
 
 def _fmt(v, pct=False) -> str:
@@ -502,7 +514,7 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     # ---- wrappers: compile, then DDP (both share the raw model's parameters)
     fast = model
     if config.compile:
-        _configure_compile()
+        _configure_compile(config.epochs)
         fast = torch.compile(model)
     train_model = fast
     if world > 1:
