@@ -390,3 +390,19 @@ def test_compile_limit_covers_every_annealed_epoch(digits, monkeypatch):
     long_run = 200
     engine._configure_compile(long_run)
     assert cfg.recompile_limit >= engine._GRAPHS_PER_EPOCH * long_run
+
+
+def test_cpu_run_never_touches_cuda_rng(tmp_path, digits, monkeypatch):
+    """A CPU run on a GPU machine must not save (hence initialize) every GPU's RNG, and a resume
+    must not set them: ``get_rng_state_all`` opens a CUDA context on each visible device."""
+    def forbidden(*a, **k):
+        raise AssertionError("CUDA RNG touched by a CPU run")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state_all", "set_rng_state_all", "get_rng_state", "set_rng_state"):
+        monkeypatch.setattr(torch.cuda, name, forbidden)
+    cfg = _config(tmp_path, device="cpu", epochs=2, stop_after=1, name="cpu-rng")
+    train(cfg, dataset=digits)
+    result = train(_config(tmp_path, device="cpu", epochs=2, name="cpu-rng", resume=True),
+                   dataset=digits)
+    assert len(result.history) == 2

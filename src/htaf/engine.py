@@ -358,19 +358,25 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)   # also seeds every CUDA device
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """The RNG states a resumed run needs. CUDA: only the run's own device (``*_all`` would
+    create a context on every visible GPU, from a CPU run too, and under DDP save rank 0's view
+    of the other ranks' devices)."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "data": generator.get_state()}
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):   # older checkpoints: every device's state
+        cuda = cuda[device.index or 0] if device.type == "cuda" and cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
 
 
@@ -501,7 +507,7 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        _set_rng_state(ckpt["rng"], generator)
+        _set_rng_state(ckpt["rng"], generator, device)
         say(f"resumed {run_dir} at epoch {start_epoch}/{config.epochs}", flush=True)
     elif config.resume and run_dir is not None:
         say(f"no checkpoint in {run_dir}: starting from scratch", flush=True)
@@ -628,7 +634,8 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
                               "scheduler": {"step": step, "total_steps": total_steps,
                                             "warmup_steps": warmup_steps},
                               "epoch": epoch + 1, "step": step, "history": history,
-                              "config": config.to_dict(), "rng": _rng_state(generator)}, ckpt_path)
+                              "config": config.to_dict(),
+                              "rng": _rng_state(generator, device)}, ckpt_path)
         if world > 1:
             dist.barrier()
 
