@@ -406,3 +406,14 @@ def test_cpu_run_never_touches_cuda_rng(tmp_path, digits, monkeypatch):
     result = train(_config(tmp_path, device="cpu", epochs=2, name="cpu-rng", resume=True),
                    dataset=digits)
     assert len(result.history) == 2
+
+
+def test_anneal_beta_from_zero_with_a_linear_schedule(tmp_path, digits):
+    """htaf.nn.Anneal accepts β from 0 (a sigmoid) when the schedule is not geometric; the
+    config must too, and still refuse it for the geometric one."""
+    cfg = _config(tmp_path, anneal_gamma=None, anneal_beta=(0.0, 4.0), anneal_schedule="linear",
+                  epochs=2, out_dir=None)
+    result = train(cfg, dataset=digits)
+    assert [r["beta"] for r in result.history] == [0.0, 4.0]
+    with pytest.raises(ValueError, match="anneal_beta start must be > 0"):
+        _config(tmp_path, anneal_beta=(0.0, 4.0), anneal_schedule="exp")

@@ -188,7 +188,9 @@ class TrainConfig:
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
                 raise ValueError(f"{name} must be a (start, end) pair"
                                  f"{', auto' if name == 'anneal_gamma' else ''} or None, got {value!r}")
-            start, end = (check_real(f"{name} {which}", v, low=0.0)
+            # β = 0 is a valid HTAF (a plain sigmoid), reachable by a linear or cosine schedule
+            strict = name == "anneal_gamma" or self.anneal_schedule == "exp"
+            start, end = (check_real(f"{name} {which}", v, low=0.0, strict=strict)
                           for which, v in zip(("start", "end"), value))
             setattr(self, name, (start, end))
         check_choice("anneal_schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
