@@ -417,3 +417,21 @@ def test_anneal_beta_from_zero_with_a_linear_schedule(tmp_path, digits):
     assert [r["beta"] for r in result.history] == [0.0, 4.0]
     with pytest.raises(ValueError, match="anneal_beta start must be > 0"):
         _config(tmp_path, anneal_beta=(0.0, 4.0), anneal_schedule="exp")
+
+
+def test_nccl_process_group_is_bound_to_the_local_gpu(monkeypatch):
+    """Without ``device_id`` NCCL's first barrier (before any collective) guesses the GPU from
+    the global rank, which hangs or crosses GPUs when that is not the local rank."""
+    from htaf import engine
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(engine.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(engine.dist, "init_process_group",
+                        lambda backend, **kw: calls.update(backend=backend, **kw))
+    assert engine._setup_distributed("auto") == (3, 4, 1, True)
+    assert calls == {"set_device": 1, "backend": "nccl", "device_id": torch.device("cuda", 1)}

@@ -335,9 +335,11 @@ def _setup_distributed(device: str):
     if dist.is_initialized():
         return rank, world, local, False
     use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
+    if use_cuda:   # bind the rank's GPU: NCCL's barrier() otherwise guesses it from the rank
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo")
     return rank, world, local, True
 
 
