@@ -435,3 +435,22 @@ def test_nccl_process_group_is_bound_to_the_local_gpu(monkeypatch):
                         lambda backend, **kw: calls.update(backend=backend, **kw))
     assert engine._setup_distributed("auto") == (3, 4, 1, True)
     assert calls == {"set_device": 1, "backend": "nccl", "device_id": torch.device("cuda", 1)}
+
+
+def test_dead_units_of_binary_layers_are_counted_in_hard_mode():
+    """BinaryLinear/BinaryConv2d binarize their input with a plain sign in hard mode and under
+    no_grad, bypassing their quantizer module: the metric saw no binary unit (None) for BNNs."""
+    from htaf.nn.binary import BinaryConv2d, BinaryLinear
+
+    torch.manual_seed(0)
+    lin = nn.Sequential(BinaryLinear(8, 4, input_quantizer="htaf", weight_quantizer="ste"))
+    x = torch.randn(32, 8)
+    x[:, :3] = x[:, :3].abs() + 0.1                     # 3 of the 8 input units always +1
+    batches = [(x, torch.randint(0, 4, (32,)))]
+    assert evaluate(lin, batches, mode="hard", dead_units=True)["dead_units"] == 3 / 8
+    assert binary_units(lin, batches) == {"0.input_quantizer[8]": (3, 8)}
+    conv = nn.Sequential(BinaryConv2d(4, 2, 3, padding=1, input_quantizer="htaf"),
+                         nn.Flatten(), nn.LazyLinear(3))
+    xc = torch.randn(16, 4, 5, 5)
+    xc[:, 1] = -xc[:, 1].abs() - 0.1                    # channel 1 always −1
+    assert dead_unit_fraction(conv, [(xc, None)]) == 1 / 4
