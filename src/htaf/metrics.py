@@ -50,7 +50,7 @@ class _UnitRange:
             if isinstance(q, BinaryActivation) and callable(getattr(m, "quantize_input", None)):
                 quantizers.add(q)
                 self.handles.append(m.register_forward_pre_hook(
-                    self._pre_hook(self._hook(f"{name}.input_quantizer"))))
+                    self._pre_hook(self._hook(f"{name}.input_quantizer".lstrip(".")))))
         self.handles += [m.register_forward_hook(self._hook(name))
                          for name, m in model.named_modules()
                          if isinstance(m, BinaryActivation) and m not in quantizers]
