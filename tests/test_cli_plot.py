@@ -44,3 +44,12 @@ def test_plot_surrogates_keeps_the_callers_matplotlib_backend(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def test_output_path_that_is_a_file_is_one_line_error(tmp_path, capsys):
+    """Any OSError on an output path (exists as a file, no permission) is a one-line error."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["plot", "--out", str(taken), "--surrogates", "htaf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "htaf plot: error:" in err and str(taken) in err

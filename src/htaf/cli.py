@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:   # OSError: paths
         if args.debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
