@@ -42,7 +42,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     """Draw each surrogate's smooth form and derivative (linear, and log-scale tails) to PNG."""
-    import matplotlib   # Figure + Agg canvas, not pyplot: the caller's backend stays as it is
+    import matplotlib  # Figure + Agg canvas, not pyplot: the caller's backend stays as it is
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -13,8 +13,14 @@ import triton
 import triton.language as tl
 
 from . import baselines
-from .triton_activation import (SUPPORTED_DTYPES, _as_layout_of, _check_dtype, _launch, _offsets,
-                                _triton_capable)
+from .triton_activation import (
+    SUPPORTED_DTYPES,
+    _as_layout_of,
+    _check_dtype,
+    _launch,
+    _offsets,
+    _triton_capable,
+)
 
 __all__ = ["triton_surrogate_backward", "register_cuda_kernels"]
 
