@@ -454,3 +454,16 @@ def test_dead_units_of_binary_layers_are_counted_in_hard_mode():
     xc = torch.randn(16, 4, 5, 5)
     xc[:, 1] = -xc[:, 1].abs() - 0.1                    # channel 1 always −1
     assert dead_unit_fraction(conv, [(xc, None)]) == 1 / 4
+
+
+def test_checkpoints_with_every_gpus_rng_still_resume():
+    """Checkpoints written before the fix hold a list of per-device CUDA states."""
+    from htaf import engine
+
+    g = torch.Generator().manual_seed(1)
+    state = engine._rng_state(g, torch.device("cpu"))
+    assert state["cuda"] is None
+    g.manual_seed(2)
+    engine._set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)]}, g,
+                          torch.device("cpu"))
+    assert torch.equal(g.get_state(), state["data"])

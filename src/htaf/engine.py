@@ -378,7 +378,8 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if isinstance(cuda, (list, tuple)):   # older checkpoints: every device's state
-        cuda = cuda[device.index or 0] if device.type == "cuda" and cuda else None
+        index = device.index or 0
+        cuda = cuda[index] if device.type == "cuda" and index < len(cuda) else None
     if cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
