@@ -28,3 +28,28 @@ def test_htaf_plot_bad_surrogate_is_one_line_error(tmp_path, capsys):
     assert main(["plot", "--out", str(tmp_path), "--surrogates", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown surrogate 'nope'" in err
+
+
+def test_plot_surrogates_keeps_the_callers_matplotlib_backend(tmp_path):
+    """A library call must not switch a notebook's backend (it used matplotlib.use("Agg"))."""
+    import matplotlib
+
+    from htaf.plotting import plot_surrogates
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        (path,) = plot_surrogates(tmp_path, ["htaf", "atan"])
+        assert matplotlib.get_backend() == "svg"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)
+
+
+def test_output_path_that_is_a_file_is_one_line_error(tmp_path, capsys):
+    """Any OSError on an output path (exists as a file, no permission) is a one-line error."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["plot", "--out", str(taken), "--surrogates", "htaf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "htaf plot: error:" in err and str(taken) in err

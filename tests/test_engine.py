@@ -354,3 +354,116 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (w_full, h_full), (w_res, h_res) = final("full"), final("killed")
     assert _same_weights(w_full, w_res)
     assert _trajectory(h_full) == _trajectory(h_res)
+
+
+def test_compile_limit_covers_every_annealed_epoch(digits, monkeypatch):
+    """A compiled, annealed run recompiles every epoch (new γ; smooth and hard evaluation); the
+    limit must cover the whole run, else Dynamo silently runs the later epochs eager."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from htaf import engine, metrics
+    from htaf.nn import Anneal
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(cfg, name):
+            monkeypatch.setattr(cfg, name, getattr(cfg, name))   # restored after the test
+    torch._dynamo.reset()
+    counters.clear()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), Heaviside(mode="smooth"),
+                          nn.Linear(16, 10))
+    anneal = Anneal(model, gamma=(1.0, 30.0))
+    fast = torch.compile(model, backend="eager")
+    x, y = digits.train_x[:8].float(), digits.train_y[:8]
+    epochs = 3
+    for epoch in range(epochs):
+        anneal.set_progress(epoch / (epochs - 1))
+        model.train()
+        fast(x).sum().backward()
+        metrics.evaluate(fast, [(x, y)])
+        metrics.evaluate(fast, [(x, y)], mode="hard", dead_units=True)
+    graphs = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert graphs <= engine._GRAPHS_PER_EPOCH * epochs
+    long_run = 200
+    engine._configure_compile(long_run)
+    assert cfg.recompile_limit >= engine._GRAPHS_PER_EPOCH * long_run
+
+
+def test_cpu_run_never_touches_cuda_rng(tmp_path, digits, monkeypatch):
+    """A CPU run on a GPU machine must not save (hence initialize) every GPU's RNG, and a resume
+    must not set them: ``get_rng_state_all`` opens a CUDA context on each visible device."""
+    def forbidden(*a, **k):
+        raise AssertionError("CUDA RNG touched by a CPU run")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state_all", "set_rng_state_all", "get_rng_state", "set_rng_state"):
+        monkeypatch.setattr(torch.cuda, name, forbidden)
+    cfg = _config(tmp_path, device="cpu", epochs=2, stop_after=1, name="cpu-rng")
+    train(cfg, dataset=digits)
+    result = train(_config(tmp_path, device="cpu", epochs=2, name="cpu-rng", resume=True),
+                   dataset=digits)
+    assert len(result.history) == 2
+
+
+def test_anneal_beta_from_zero_with_a_linear_schedule(tmp_path, digits):
+    """htaf.nn.Anneal accepts β from 0 (a sigmoid) when the schedule is not geometric; the
+    config must too, and still refuse it for the geometric one."""
+    cfg = _config(tmp_path, anneal_gamma=None, anneal_beta=(0.0, 4.0), anneal_schedule="linear",
+                  epochs=2, out_dir=None)
+    result = train(cfg, dataset=digits)
+    assert [r["beta"] for r in result.history] == [0.0, 4.0]
+    with pytest.raises(ValueError, match="anneal_beta start must be > 0"):
+        _config(tmp_path, anneal_beta=(0.0, 4.0), anneal_schedule="exp")
+
+
+def test_nccl_process_group_is_bound_to_the_local_gpu(monkeypatch):
+    """Without ``device_id`` NCCL's first barrier (before any collective) guesses the GPU from
+    the global rank, which hangs or crosses GPUs when that is not the local rank."""
+    from htaf import engine
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(engine.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(engine.dist, "init_process_group",
+                        lambda backend, **kw: calls.update(backend=backend, **kw))
+    assert engine._setup_distributed("auto") == (3, 4, 1, True)
+    assert calls == {"set_device": 1, "backend": "nccl", "device_id": torch.device("cuda", 1)}
+
+
+def test_dead_units_of_binary_layers_are_counted_in_hard_mode():
+    """BinaryLinear/BinaryConv2d binarize their input with a plain sign in hard mode and under
+    no_grad, bypassing their quantizer module: the metric saw no binary unit (None) for BNNs."""
+    from htaf.nn.binary import BinaryConv2d, BinaryLinear
+
+    torch.manual_seed(0)
+    lin = nn.Sequential(BinaryLinear(8, 4, input_quantizer="htaf", weight_quantizer="ste"))
+    x = torch.randn(32, 8)
+    x[:, :3] = x[:, :3].abs() + 0.1                     # 3 of the 8 input units always +1
+    batches = [(x, torch.randint(0, 4, (32,)))]
+    assert evaluate(lin, batches, mode="hard", dead_units=True)["dead_units"] == 3 / 8
+    assert binary_units(lin, batches) == {"0.input_quantizer[8]": (3, 8)}
+    conv = nn.Sequential(BinaryConv2d(4, 2, 3, padding=1, input_quantizer="htaf"),
+                         nn.Flatten(), nn.LazyLinear(3))
+    xc = torch.randn(16, 4, 5, 5)
+    xc[:, 1] = -xc[:, 1].abs() - 0.1                    # channel 1 always −1
+    assert dead_unit_fraction(conv, [(xc, None)]) == 1 / 4
+
+
+def test_checkpoints_with_every_gpus_rng_still_resume():
+    """Checkpoints written before the fix hold a list of per-device CUDA states."""
+    from htaf import engine
+
+    g = torch.Generator().manual_seed(1)
+    state = engine._rng_state(g, torch.device("cpu"))
+    assert state["cuda"] is None
+    g.manual_seed(2)
+    engine._set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)]}, g,
+                          torch.device("cpu"))
+    assert torch.equal(g.get_state(), state["data"])

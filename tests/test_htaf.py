@@ -188,3 +188,16 @@ def test_backward_saves_only_the_input():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(x * 1.0)
         assert sum(t.numel() * t.element_size() for t in saved) <= x.numel() * x.element_size()
+
+
+def test_hard_mode_validates_the_surrogate_like_the_other_modes():
+    """binarize(..., mode="hard") used to return the step before resolving the surrogate, so an
+    unknown name or a misspelt parameter passed silently until the mode changed."""
+    from htaf.functional import binarize
+
+    x = torch.randn(5)
+    with pytest.raises(ValueError, match="unknown surrogate 'nope'"):
+        binarize(x, "nope", mode="hard")
+    with pytest.raises(ValueError, match="unknown parameter.*gama"):
+        binarize(x, "htaf", mode="hard", gama=3.0)
+    assert torch.equal(binarize(x, "atan", mode="hard", alpha=3.0), (x >= 0).float())

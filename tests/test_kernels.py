@@ -557,3 +557,36 @@ def test_interpreted_copies_do_not_leak(interpreted):
     assert type(interpreted[0]._htaf_fwd_kernel).__name__ == "InterpretedFunction"
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert type(real._htaf_fwd_kernel).__name__ == "JITFunction"
+
+
+@pytest.mark.parametrize("capability, triton_used", [((6, 0), False), ((7, 5), True)])
+def test_gpus_too_old_for_triton_use_the_reference(monkeypatch, capability, triton_used):
+    """A P100 (sm_60) is below what Triton compiles for: the CUDA ops must fall back to the
+    reference there instead of failing in the Triton compiler."""
+    pytest.importorskip("triton")
+    from htaf.kernels import triton_activation as ta
+    from htaf.kernels import triton_baselines as tbl
+
+    used = []
+
+    def fake(name):
+        def launcher(*args, **kw):
+            used.append(name)
+            return torch.zeros(())
+        return launcher
+
+    monkeypatch.setattr(ta, "_CAPABLE", {}, raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    for name in ("triton_htaf_forward", "triton_htaf_backward", "triton_step"):
+        monkeypatch.setattr(ta, name, fake(name))
+    monkeypatch.setattr(tbl, "triton_surrogate_backward", fake("surrogate"))
+    x, g = _randn(33, torch.float32), _randn(33, torch.float32, 1.0)
+    outs = [ta._cuda_forward(x, 0.5, 4.0, 1.0), ta._cuda_backward(g, x, 0.5, 4.0, 1.0, 1.0),
+            ta._cuda_step(x, True), tbl._cuda_surrogate_backward(g, x, "atan", 2.0, 1.0)]
+    if triton_used:
+        assert used == ["triton_htaf_forward", "triton_htaf_backward", "triton_step", "surrogate"]
+    else:
+        assert used == []
+        assert torch.equal(outs[0], ref.htaf_forward(x, 0.5, 4.0, 1.0))
+        assert torch.equal(outs[2], ref.step_forward(x, True))

@@ -141,3 +141,12 @@ def test_training_a_tiny_heaviside_net_reduces_loss():
     net.eval()
     acc = (net(x).argmax(1) == y).float().mean().item()
     assert losses[-1] < 0.5 * losses[0] and acc > 0.9
+
+
+def test_anneal_range_that_is_not_a_pair_is_a_value_error_naming_it():
+    net = _net()
+    for bad in (30.0, "1,30", (1.0,)):
+        with pytest.raises(ValueError, match="gamma must be a \\(start, end\\) pair"):
+            Anneal(net, gamma=bad)
+    with pytest.raises(ValueError, match="beta must be a \\(start, end\\) pair"):
+        Anneal(net, gamma=None, beta=4)

@@ -151,3 +151,29 @@ def test_surrogate_instance_is_a_spike_function():
     s.sum().backward()
     assert s.tolist() == [0.0, 1.0, 1.0]
     assert v.grad[1].item() == pytest.approx(1.0)
+
+
+def test_override_of_a_builtin_name_uses_its_own_derivative():
+    """A class registered over a built-in name (``override=True``) must not run the built-in's
+    fused backward op: that silently gave the old surrogate's gradient."""
+    from htaf import surrogates
+
+    builtin = surrogates._REGISTRY["sigmoid"]
+
+    @register_surrogate("sigmoid", override=True)
+    class FlatSigmoid(Surrogate):
+        params = (Param("alpha", 4.0),)
+
+        def derivative(self, x):
+            return torch.full_like(x, 0.25)
+
+    try:
+        x = torch.tensor([0.0, 3.0], requires_grad=True)
+        htaf.heaviside(x, "sigmoid").sum().backward()
+        assert x.grad.tolist() == [0.25, 0.25]
+    finally:
+        surrogates._REGISTRY["sigmoid"] = builtin
+        builtin.name = "sigmoid"
+    x = torch.tensor([0.0], requires_grad=True)
+    htaf.heaviside(x, "sigmoid").sum().backward()
+    assert x.grad.item() == pytest.approx(1.0)        # the built-in again: α/4 at 0

@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError,
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError,   # OSError: paths
             subprocess.CalledProcessError) as e:
         if args.debug:
             raise

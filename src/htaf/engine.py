@@ -188,7 +188,9 @@ class TrainConfig:
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
                 raise ValueError(f"{name} must be a (start, end) pair"
                                  f"{', auto' if name == 'anneal_gamma' else ''} or None, got {value!r}")
-            start, end = (check_real(f"{name} {which}", v, low=0.0)
+            # β = 0 is a valid HTAF (a plain sigmoid), reachable by a linear or cosine schedule
+            strict = name == "anneal_gamma" or self.anneal_schedule == "exp"
+            start, end = (check_real(f"{name} {which}", v, low=0.0, strict=strict)
                           for which, v in zip(("start", "end"), value))
             setattr(self, name, (start, end))
         check_choice("anneal_schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
@@ -333,9 +335,11 @@ def _setup_distributed(device: str):
     if dist.is_initialized():
         return rank, world, local, False
     use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
+    if use_cuda:   # bind the rank's GPU: NCCL's barrier() otherwise guesses it from the rank
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo")
     return rank, world, local, True
 
 
@@ -358,19 +362,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)   # also seeds every CUDA device
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """The RNG states a resumed run needs. CUDA: only the run's own device (``*_all`` would
+    create a context on every visible GPU, from a CPU run too, and under DDP save rank 0's view
+    of the other ranks' devices)."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "data": generator.get_state()}
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):   # older checkpoints: every device's state
+        index = device.index or 0
+        cuda = cuda[index] if device.type == "cuda" and index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
 
 
@@ -387,12 +398,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _configure_compile() -> None:
-    """γ changes once per epoch and evaluation flips modes: allow the recompiles that causes."""
+# Graphs a compiled model adds per annealed epoch (train, smooth eval, hard eval, one spare).
+_GRAPHS_PER_EPOCH = 4
+
+
+def _configure_compile(epochs: int) -> None:
+    """γ changes once per epoch and evaluation flips modes: allow the recompiles that causes.
+
+    Each annealed epoch adds up to ``_GRAPHS_PER_EPOCH`` graphs (train, smooth eval, hard eval
+    with the dead-unit hooks); past the limit Dynamo silently falls back to eager for the rest of
+    the run, so the limit grows with ``epochs`` (a fixed 64 was reached near epoch 20).
+    """
     cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
+    needed = _GRAPHS_PER_EPOCH * epochs + 16
+    for name, floor in (("recompile_limit", needed), ("cache_size_limit", needed),
+                        ("accumulated_recompile_limit", 4 * needed),
+                        ("accumulated_cache_size_limit", 4 * needed)):
         if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 64))
+            setattr(cfg, name, max(getattr(cfg, name), floor))
 
 
 def _fmt(v, pct=False) -> str:
@@ -489,7 +512,7 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        _set_rng_state(ckpt["rng"], generator)
+        _set_rng_state(ckpt["rng"], generator, device)
         say(f"resumed {run_dir} at epoch {start_epoch}/{config.epochs}", flush=True)
     elif config.resume and run_dir is not None:
         say(f"no checkpoint in {run_dir}: starting from scratch", flush=True)
@@ -502,7 +525,7 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     # ---- wrappers: compile, then DDP (both share the raw model's parameters)
     fast = model
     if config.compile:
-        _configure_compile()
+        _configure_compile(config.epochs)
         fast = torch.compile(model)
     train_model = fast
     if world > 1:
@@ -616,7 +639,8 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
                               "scheduler": {"step": step, "total_steps": total_steps,
                                             "warmup_steps": warmup_steps},
                               "epoch": epoch + 1, "step": step, "history": history,
-                              "config": config.to_dict(), "rng": _rng_state(generator)}, ckpt_path)
+                              "config": config.to_dict(),
+                              "rng": _rng_state(generator, device)}, ckpt_path)
         if world > 1:
             dist.barrier()
 

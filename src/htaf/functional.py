@@ -63,9 +63,9 @@ def binarize(x: torch.Tensor, surrogate: str | Surrogate = "htaf", *, mode: str 
     """
     _check_tensor(x)
     check_choice("mode", mode, MODES)
+    s = get_surrogate(surrogate, **params)   # validated in every mode: a typo fails at once
     if mode == "hard":
         return kernels.step_forward(x.detach(), signed)
-    s = get_surrogate(surrogate, **params)
     return _Binarize.apply(x, s, signed, mode == "smooth")
 
 

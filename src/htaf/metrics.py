@@ -40,8 +40,27 @@ class _UnitRange:
     def __init__(self, model: nn.Module):
         self.lo: dict[str, torch.Tensor] = {}
         self.hi: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook(name))
-                        for name, m in model.named_modules() if isinstance(m, BinaryActivation)]
+        self.handles = []
+        # Binary layers (htaf.nn.BinaryLinear/BinaryConv2d) binarize their input with a plain
+        # sign in hard mode and under no_grad, without calling their quantizer module: record
+        # what ``quantize_input`` gives, from a pre-hook on the layer, instead.
+        quantizers = set()
+        for name, m in model.named_modules():
+            q = getattr(m, "input_quantizer", None)
+            if isinstance(q, BinaryActivation) and callable(getattr(m, "quantize_input", None)):
+                quantizers.add(q)
+                self.handles.append(m.register_forward_pre_hook(
+                    self._pre_hook(self._hook(f"{name}.input_quantizer".lstrip(".")))))
+        self.handles += [m.register_forward_hook(self._hook(name))
+                         for name, m in model.named_modules()
+                         if isinstance(m, BinaryActivation) and m not in quantizers]
+
+    @staticmethod
+    def _pre_hook(record):
+        def pre_hook(layer, inputs):
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                record(layer, inputs, layer.quantize_input(inputs[0]))
+        return pre_hook
 
     def _hook(self, name):
         def hook(module, inputs, out):

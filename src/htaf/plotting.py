@@ -42,18 +42,19 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     """Draw each surrogate's smooth form and derivative (linear, and log-scale tails) to PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib  # Figure + Agg canvas, not pyplot: the caller's backend stays as it is
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = _resolve(surrogates)
     x = torch.linspace(-4, 4, 1601, dtype=torch.float64)
     xt = torch.linspace(0, 20, 2001, dtype=torch.float64)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    colors = plt.cm.tab20.colors
+    fig = Figure(figsize=(16, 4.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    colors = matplotlib.colormaps["tab20"].colors
     for i, s in enumerate(items):
         is_htaf = s.name == "htaf"
         style = {"lw": 2.8 if is_htaf else 1.2, "zorder": 10 if is_htaf else 2,
@@ -74,7 +75,6 @@ def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     fig.tight_layout()
     path = out / "surrogates.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return [path]
 
 

@@ -191,7 +191,7 @@ class Surrogate:
     def backward(self, grad: torch.Tensor, x: torch.Tensor, signed: bool = False) -> torch.Tensor:
         """``grad · derivative(x)``, scaled for a step or a sign output. The built-in baselines run
         as one fused op (Triton on CUDA); subclasses and user surrogates use ``derivative``."""
-        if type(self) is _REGISTRY.get(self.name) and self.name in kernels.FUSED_SURROGATES:
+        if type(self) is _FUSED.get(self.name):
             param = next(iter(self._values.values()), 0.0)
             return kernels.surrogate_backward(grad, x, self.name, param, self.grad_scale(signed))
         xf = x.to(compute_dtype(x.dtype))
@@ -449,3 +449,8 @@ class SwishSign(Surrogate):
         bx = self.beta * x
         s = torch.sigmoid(bx)
         return 2.0 * s * (1.0 + bx * torch.sigmoid(-bx)) - 1.0
+
+
+#: The built-in classes the fused ``surrogate_backward`` op implements (a class registered later
+#: under the same name, ``override=True``, has its own ``derivative`` and must not use the op).
+_FUSED: dict[str, type[Surrogate]] = {name: _REGISTRY[name] for name in kernels.FUSED_SURROGATES}

@@ -228,20 +228,34 @@ def triton_step(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- registration
+#: Oldest GPU architecture Triton compiles for (as PyTorch Inductor checks); older GPUs (P100,
+#: sm_60) run the reference instead of failing in the Triton compiler.
+MIN_CAPABILITY = (7, 0)
+_CAPABLE: dict[int, bool] = {}
+
+
+def _triton_capable(t: torch.Tensor) -> bool:
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = tuple(torch.cuda.get_device_capability(index)) >= MIN_CAPABILITY
+    return _CAPABLE[index]
+
+
 def _cuda_forward(x, alpha, beta, gamma):
-    if x.dtype not in SUPPORTED_DTYPES:
+    if x.dtype not in SUPPORTED_DTYPES or not _triton_capable(x):
         return reference.htaf_forward(x, alpha, beta, gamma)
     return triton_htaf_forward(x, alpha, beta, gamma)
 
 
 def _cuda_backward(grad, x, alpha, beta, gamma, scale):
-    if grad.dtype not in SUPPORTED_DTYPES or x.dtype not in SUPPORTED_DTYPES:
+    if (grad.dtype not in SUPPORTED_DTYPES or x.dtype not in SUPPORTED_DTYPES
+            or not _triton_capable(grad)):
         return reference.htaf_backward(grad, x, alpha, beta, gamma, scale)
     return triton_htaf_backward(grad, x, alpha, beta, gamma, scale)
 
 
 def _cuda_step(x, signed):
-    if x.dtype not in SUPPORTED_DTYPES:
+    if x.dtype not in SUPPORTED_DTYPES or not _triton_capable(x):
         return reference.step_forward(x, signed)
     return triton_step(x, signed)
 

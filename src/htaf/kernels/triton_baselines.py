@@ -13,7 +13,14 @@ import triton
 import triton.language as tl
 
 from . import baselines
-from .triton_activation import SUPPORTED_DTYPES, _as_layout_of, _check_dtype, _launch, _offsets
+from .triton_activation import (
+    SUPPORTED_DTYPES,
+    _as_layout_of,
+    _check_dtype,
+    _launch,
+    _offsets,
+    _triton_capable,
+)
 
 __all__ = ["triton_surrogate_backward", "register_cuda_kernels"]
 
@@ -84,7 +91,8 @@ def triton_surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: str, pa
 
 
 def _cuda_surrogate_backward(grad, x, kind, param, scale):
-    if grad.dtype not in SUPPORTED_DTYPES or x.dtype not in SUPPORTED_DTYPES:
+    if (grad.dtype not in SUPPORTED_DTYPES or x.dtype not in SUPPORTED_DTYPES
+            or not _triton_capable(grad)):
         return baselines.reference_backward(grad, x, kind, param, scale)
     return triton_surrogate_backward(grad, x, kind, param, scale)
 

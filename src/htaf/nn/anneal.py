@@ -53,7 +53,7 @@ class Anneal:
         for name, rng, low, strict in (("gamma", gamma, 0.0, True), ("beta", beta, 0.0, False)):
             if rng is None:
                 continue
-            if len(rng) != 2:
+            if isinstance(rng, (str, bytes)) or not hasattr(rng, "__len__") or len(rng) != 2:
                 raise ValueError(f"{name} must be a (start, end) pair, got {rng!r}")
             start = check_real(f"{name} start", rng[0], low=low, strict=strict or schedule == "exp")
             end = check_real(f"{name} end", rng[1], low=low, strict=strict or schedule == "exp")
