@@ -522,7 +522,8 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
         _atomic_write_text(run_dir / "metrics.jsonl",
                            "".join(json.dumps(r) + "\n" for r in history))
 
-    # ---- wrappers: compile, then DDP (both share the raw model's parameters)
+    # ---- wrappers (all share the raw model's parameters): `fast` evaluates; `train_model` trains,
+    # DDP inside torch.compile so Dynamo's DDP optimizer can overlap the all-reduce with backward
     fast = model
     if config.compile:
         _configure_compile(config.epochs)
@@ -531,7 +532,9 @@ def _train(config: TrainConfig, dataset, rank: int, world: int, local_rank: int)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(fast, device_ids=[local_rank] if device.type == "cuda" else None)
+        train_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        if config.compile:
+            train_model = torch.compile(train_model)
     extra_loss = getattr(model, "extra_loss", None)
     epoch_metrics = getattr(model, "epoch_metrics", None)
     full_test = test_batches   # the hook gets the whole test set, unsharded
