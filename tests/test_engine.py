@@ -467,3 +467,18 @@ def test_checkpoints_with_every_gpus_rng_still_resume():
     engine._set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)]}, g,
                           torch.device("cpu"))
     assert torch.equal(g.get_state(), state["data"])
+
+
+def test_resume_without_a_run_folder_is_an_error():
+    with pytest.raises(ValueError, match="resume needs out_dir"):
+        TrainConfig(out_dir=None, resume=True)
+
+
+def test_anneal_flags_take_one_or_two_tokens():
+    from htaf.cli import build_parser
+
+    parser = build_parser()
+    for cmd in ("train", "compare"):
+        assert parser.parse_args([cmd, "--anneal-gamma", "1", "30"]).anneal_gamma == (1.0, 30.0)
+        assert parser.parse_args([cmd, "--anneal-gamma", "1,30"]).anneal_gamma == (1.0, 30.0)
+        assert parser.parse_args([cmd, "--anneal-gamma", "none"]).anneal_gamma is None

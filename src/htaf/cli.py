@@ -66,8 +66,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--schedule", default=d.schedule, choices=("cosine", "onecycle", "constant"))
-    p.add_argument("--anneal-gamma", nargs=2, type=float, default=d.anneal_gamma,
-                   metavar=("START", "END"),
+    p.add_argument("--anneal-gamma", action=_PairAction, default=d.anneal_gamma,
+                   metavar="START END|none",
                    help="anneal smooth HTAF's γ from START to END (exponential; e.g. 1 30 for "
                         "CNNs); default: fixed γ, which ends binary on the MLPs (docs/dhn.md)")
     p.add_argument("--no-anneal", action="store_true", help="fixed γ even if --anneal-gamma")
@@ -91,8 +91,7 @@ def _run_compare(args) -> int:
         activations=tuple(args.activations), seeds=tuple(args.seeds), depths=args.depths,
         scales=tuple(args.scales), epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, anneal_gamma=None if args.no_anneal or args.anneal_gamma is None
-        else tuple(args.anneal_gamma),
+        schedule=args.schedule, anneal_gamma=None if args.no_anneal else args.anneal_gamma,
         device=args.device, out_dir=args.out, name=args.name, keep_runs=args.keep_runs)
     result = compare(config)
     print()
@@ -127,6 +126,19 @@ def _parse_pair(text: str):
         return float(parts[0]), float(parts[1])
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two numbers START,END, got {text!r}") from None
+
+
+class _PairAction(argparse.Action):
+    """``--flag 1 30``, ``--flag 1,30``, ``--flag none`` (or ``auto``) → :func:`_parse_pair`."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, _parse_pair(",".join(values)))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
 
 
 def _parse_model_arg(text: str):
@@ -189,11 +201,11 @@ def _add_train(sub) -> None:
                    help="clip the global gradient norm (default: off)")
     g.add_argument("--seed", type=int, default=S, help="default: 0")
     g = p.add_argument_group("annealing of smooth HTAF layers (per epoch)")
-    g.add_argument("--anneal-gamma", dest="anneal_gamma", type=_parse_pair, default=S,
+    g.add_argument("--anneal-gamma", dest="anneal_gamma", action=_PairAction, default=S,
                    metavar="START,END|auto|none",
                    help="γ from START to END (default: auto = 1,30 for convolutional models, "
                         "fixed γ for MLPs; evidence in docs/training.md)")
-    g.add_argument("--anneal-beta", dest="anneal_beta", type=_parse_pair, default=S,
+    g.add_argument("--anneal-beta", dest="anneal_beta", action=_PairAction, default=S,
                    metavar="START,END|none", help="β from START to END (default: none)")
     g.add_argument("--anneal-schedule", dest="anneal_schedule", choices=("exp", "linear", "cosine"),
                    default=S, help="default: exp")

@@ -202,6 +202,8 @@ class TrainConfig:
         if self.name is not None and (not isinstance(self.name, str) or not self.name
                                       or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume needs out_dir: there is no run folder to resume from")
         check_int("eval_every", self.eval_every, low=1)
         check_int("checkpoint_every", self.checkpoint_every, low=0)
         check_choice("log", self.log, LOG_FORMATS)
