@@ -258,16 +258,19 @@ def _accuracy_section(parts: dict, compact: bool = False) -> list[str]:
                              f"| {rec['epochs']} | {et} | {rec['device']} |")
         lines.append("")
     if missing:
+        where = ("see [docs/results.md](docs/results.md) for the commands" if compact
+                 else "commands below; docs/gpu_runbook.md for a device session")
         lines += [f"Not yet measured: {', '.join(m.upper() for m in missing)} — run "
-                  f"`htaf reproduce {' / '.join(missing)}` on a GPU "
-                  f"(see [docs/results.md](docs/results.md) for the commands).", ""]
+                  f"`htaf reproduce {' / '.join(missing)}` on a GPU ({where}).", ""]
     if not compact:
         for key, rec in done.items():
             lines.append(f"- **{key.upper()}** — {rec['title']}; baselines: "
                          f"{rec['baseline_note']}. Recipe: `{json.dumps(rec['recipe'])}`, "
                          f"hardware: `{json.dumps(rec['hardware'])}`, {rec['versions']}.")
         lines += ["", "Reproduce (one H100, each command under 10 minutes):", "", "```bash"]
-        lines += [f"htaf reproduce {p} --data ../shared/datasets/cifar10-jpeg.zip" for p in PARTS]
+        lines += [f"htaf reproduce {p} --data ../shared/datasets/cifar10-jpeg.zip"
+                  + ("   # split: --seeds 0, then --seeds 1" if len(PARTS[p].seeds) > 1 else "")
+                  for p in PARTS]
         lines += ["htaf reproduce speed", "htaf reproduce report", "```", ""]
     return lines
 
@@ -283,6 +286,12 @@ def _speed_section(speeds: dict, compact: bool = False) -> list[str]:
             lines.append(f"| {name.removesuffix('.json')} | {label} | {value} | "
                          f"{rec.get('device', '?')} |")
     lines.append("")
+    if not compact:
+        for name, rec in have.items():
+            extra = "; ".join(f"{k}: {rec[k]}" for k in ("torch_threads", "note") if rec.get(k))
+            lines.append(f"- `{name}`: `{rec.get('command', '?')}`" + (f" ({extra})" if extra
+                                                                       else ""))
+        lines.append("")
     missing = [k for k in speeds if k not in have]
     if missing:
         lines += [f"Not yet recorded: {', '.join(missing)}.", ""]
