@@ -297,3 +297,9 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HTAF_CACHE", str(tmp_path))
     assert hdata.cache_dir() == tmp_path
     assert hdata.cache_dir("~/x") == Path(os.path.expanduser("~/x"))
+
+
+def test_normalize_matches_the_training_batches_bitwise():
+    ds = load_dataset("digits")
+    (x, _), = ds.batches("test", len(ds.test_x), shuffle=False)
+    assert torch.equal(ds.normalize(ds.test_x), x)

@@ -118,6 +118,12 @@ class ImageDataset:
         return {"in_channels": self.in_channels, "image_size": self.image_size,
                 "num_classes": self.num_classes}
 
+    def normalize(self, images: torch.Tensor, device="cpu") -> torch.Tensor:
+        """uint8 images ``[B, C, H, W]`` → the model's input, with exactly the arithmetic of
+        :meth:`batches` (so a report sees the same concept bits as training did)."""
+        scale, shift = _affine(self.mean, self.std, images.shape[1], torch.device(device))
+        return torch.addcmul(shift, images.to(device).float(), scale)
+
     def batches(self, split: str, batch_size: int, *, device="cpu", shuffle: bool | None = None,
                 augment: bool = False, hflip: bool | None = None, pad: int | None = None,
                 pad_mode: str = "reflect", generator: torch.Generator | None = None,
@@ -146,6 +152,13 @@ class ImageDataset:
         return (f"ImageDataset({self.name!r}, train={tuple(self.train_x.shape)}, "
                 f"test={tuple(self.test_x.shape)}, classes={self.num_classes})")
 
+
+
+def _affine(mean, std, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``x_norm = x·scale + shift`` = (x/255 − mean) / std, per channel."""
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(device), (-mean_t / std_t).to(device)
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in the [0, 1] scale (float64, chunked)."""
@@ -201,11 +214,7 @@ class Batches:
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
-        c = x.shape[1]
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-        self._scale = (1.0 / (255.0 * std_t)).to(self.device)   # x_norm = x·scale + shift
-        self._shift = (-mean_t / std_t).to(self.device)
+        self._scale, self._shift = _affine(mean, std, x.shape[1], self.device)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.hflip = shuffle, augment, hflip
         self.pad, self.pad_mode = pad, pad_mode

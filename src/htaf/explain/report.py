@@ -286,11 +286,9 @@ def _default_images(out: ConceptOutputs, n: int = 6) -> list[int]:
 
 
 def normalize(dataset, images: torch.Tensor, device="cpu") -> torch.Tensor:
-    """uint8 images ``[B, C, H, W]`` of ``dataset`` → the model's input, (x/255 − mean) / std."""
-    c = images.shape[1]
-    mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, c, 1, 1)
-    std = torch.tensor(dataset.std, dtype=torch.float32).view(1, c, 1, 1)
-    return ((images.float() / 255 - mean) / std).to(device)
+    """uint8 images ``[B, C, H, W]`` of ``dataset`` → the model's input, (x/255 − mean) / std,
+    computed exactly as the training batches are (``ImageDataset.normalize``)."""
+    return dataset.normalize(images, device)
 
 
 def normalized_test_batches(dataset, batch_size: int, device="cpu"
