@@ -153,7 +153,6 @@ class ImageDataset:
                 f"test={tuple(self.test_x.shape)}, classes={self.num_classes})")
 
 
-
 def _affine(mean, std, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with ``x_norm = x·scale + shift`` = (x/255 − mean) / std, per channel."""
     std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
