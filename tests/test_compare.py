@@ -99,3 +99,12 @@ def test_compare_end_to_end_writes_table_report_and_plots(tmp_path, capsys):
     for r in data["runs"]:
         assert 0.0 <= r["hard_test_acc"] <= 1.0 and len(r["history"]) == 2
     assert {r["variant"]["depth"] for r in data["rows"]} == {1, 3}
+
+
+def test_htaf_on_a_binary_net_is_not_trained_twice(tmp_path):
+    from htaf.compare import CompareConfig, compare
+
+    res = compare(CompareConfig(model="bnn_mlp", model_kwargs={"hidden": [16]},
+                                activations=("htaf", "htaf_st", "relu"), seeds=(0,), epochs=1,
+                                out_dir=None), progress=None)
+    assert [r["variant"].activation for r in res.rows] == ["htaf_st", "relu"]

@@ -98,10 +98,12 @@ def _run_compare(args) -> int:
     print(result.table())
     print()
     print(result.headline())
-    print("hard = every hidden activation is the exact step 1[x>=0] (relu: full-precision "
-          "ceiling); gap = smooth - hard accuracy of smooth HTAF; dead = units that never change "
-          "state on the test set.")
+    print("hard = every hidden activation is its exact step (1[x>=0]; sign(x) in binary nets; "
+          "spikes in spiking nets; relu: full-precision ceiling); gap = smooth - hard accuracy of "
+          "smooth HTAF; dead = units that never change state on the test set.")
     print(f"\nreport: {result.out_dir / 'report.md'}  (plots and results.json beside it)")
+
+
 _TRAIN_EPILOG = """examples:
   htaf train --model dhn_mlp --activation htaf --depth 4 --epochs 20
   htaf train --model dhn_cnn --data ../shared/datasets/cifar10-jpeg.zip --activation htaf_st \\

@@ -355,6 +355,28 @@ def _aggregate(variants: list[Variant], runs: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ running
 
+def _without_smooth_duplicates(config: CompareConfig, variants: list[Variant], dataset,
+                               say) -> list[Variant]:
+    """Drop ``htaf`` variants whose model has no smooth layer (spiking and binary networks: a
+    spike or a sign is always an exact step, so ``htaf`` builds the ``htaf_st`` network) when the
+    matching ``htaf_st`` variant is in the line-up too; it would train the same network twice."""
+    from .engine import build_model
+    from .nn import BinaryActivation
+
+    st_twins = {(v.params, v.depth, v.gamma_mult) for v in variants if _key(v.activation) == "htaf_st"}
+    out = []
+    for v in variants:
+        if v.smooth and (v.params, v.depth, v.gamma_mult) in st_twins:
+            model = build_model(config.train_config(v, config.seeds[0]), dataset)
+            if not any(isinstance(m, BinaryActivation) and m.mode == "smooth"
+                       for m in model.modules()):
+                say(f"note: {config.model} has no smooth layer (its steps are always exact), so "
+                    f"'{v.label}' is the same network as htaf_st: trained once, as htaf_st")
+                continue
+        out.append(v)
+    return out
+
+
 def compare(config: CompareConfig | None = None,
             progress: Callable[[str], None] | None = print) -> CompareResult:
     """Train every variant × seed of ``config``; write the report (unless ``out_dir`` is None)."""
@@ -367,6 +389,11 @@ def compare(config: CompareConfig | None = None,
     configs = [config.train_config(v, s) for v, s in jobs]   # validates everything up front
     dataset = load_dataset(config.data)
     say = progress or (lambda _msg: None)
+    kept = _without_smooth_duplicates(config, variants, dataset, say)
+    if kept != variants:
+        variants = kept
+        jobs = [(v, s) for v in variants for s in config.seeds]
+        configs = [config.train_config(v, s) for v, s in jobs]
     say(f"htaf compare: {config.model} {json.dumps(config.model_kwargs)} on {dataset.name} "
         f"({dataset.train_x.shape[0]} train / {dataset.test_x.shape[0]} test), "
         f"{len(variants)} variant{'s' * (len(variants) > 1)} × {len(config.seeds)} "
