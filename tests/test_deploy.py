@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bnn_digits import digits_split, trained_digits_mlp
+from htaf import _native
 from htaf.cli import main
 from htaf.deploy import (
     PackedModel,
@@ -260,3 +261,76 @@ def test_onnx_export_loads_and_matches(tmp_path):
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
     if info["onnxruntime"]:
         assert info["argmax_equal"] and info["max_abs_diff"] < 1e-4
+
+
+# -- the C backend (compiled on first use; skipped where no C compiler works) --------------------
+_WORDS = {32: torch.int32, 64: torch.int64}
+needs_c = pytest.mark.skipif(not _native.available(), reason="no working C compiler")
+
+
+@needs_c
+@pytest.mark.parametrize("word_bits", [32, 64])
+def test_c_mismatches_equal_numpy_and_torch_on_odd_shapes(word_bits):
+    """Sizes not divisible by the kernel's 4-output block, nor by the NumPy path's row chunk."""
+    g = torch.Generator().manual_seed(1)
+    for m, o, n in [(1, 1, 1), (37, 11, 150), (5, 7, 64), (1000, 130, 700)]:
+        a = pack_bits(torch.rand(m, n, generator=g) > 0.5, word_bits)
+        w = pack_bits(torch.rand(o, n, generator=g) > 0.5, word_bits)
+        got = packed_mismatches(a, w, "c")
+        assert got.dtype == torch.int32 and got.shape == (m, o)
+        assert torch.equal(got, packed_mismatches(a, w, "numpy"))
+        assert torch.equal(got, packed_mismatches(a, w, "torch"))
+    dt = _WORDS[word_bits]
+    empty = packed_mismatches(torch.zeros(0, 3, dtype=dt), torch.ones(4, 3, dtype=dt), "c")
+    assert empty.shape == (0, 4)
+
+
+@needs_c
+def test_c_mismatches_of_extreme_words():
+    """All-ones/all-zeros and sign-bit words (int64 min/max) count every bit."""
+    words = torch.tensor([[0, -1, -(2**63), 2**63 - 1]], dtype=torch.int64)
+    got = packed_mismatches(words, torch.zeros(1, 4, dtype=torch.int64), "c")
+    assert got.item() == 0 + 64 + 1 + 63
+
+
+@needs_c
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_packed_conv_c_backend_equals_hard_conv(case):
+    torch.manual_seed(0)
+    case = dict(case)
+    k = case.pop("kernel_size", 3)
+    model = nn.Sequential(BinaryConv2d(70, 10, k, **case), nn.BatchNorm2d(10))
+    model[1].running_mean.normal_()
+    x = torch.randn(3, 70, 9, 11)
+    assert torch.equal(pack_model(model, backend="c")(x), hard_model(model)(x))
+
+
+def test_auto_backend_falls_back_when_no_compiler(monkeypatch):
+    from htaf import deploy
+
+    monkeypatch.setattr(_native, "available", lambda: False)
+    assert deploy._resolve_backend("auto", torch.device("cpu")) == "numpy"
+    assert deploy._resolve_backend("auto", torch.device("meta")) == "torch"
+    with pytest.raises(ValueError, match="backend"):
+        deploy._resolve_backend("cuda", torch.device("cpu"))
+
+
+def test_native_compile_can_be_disabled(monkeypatch):
+    monkeypatch.setenv("HTAF_NO_NATIVE", "1")
+    assert _native._compile() is None
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_tried", True)
+    with pytest.raises(RuntimeError, match="not available"):
+        _native.xor_popcount(torch.zeros(1, 1, dtype=torch.int64).numpy(),
+                             torch.zeros(1, 1, dtype=torch.int64).numpy())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_mismatch_counts_past_uint16_do_not_wrap(backend):
+    """The NumPy path sums per-word counts in uint16 only while they cannot reach 2^16."""
+    if backend == "c" and not _native.available():
+        pytest.skip("no working C compiler")
+    n = 1024 * 64 + 5
+    a = pack_bits(torch.ones(2, n, dtype=torch.bool))
+    w = pack_bits(torch.zeros(3, n, dtype=torch.bool))
+    assert torch.equal(packed_mismatches(a, w, backend), torch.full((2, 3), n, dtype=torch.int32))

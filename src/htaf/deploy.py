@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
+from . import _native
 from ._checks import check_choice
 from .nn.activation import set_mode
 from .nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
@@ -52,7 +53,7 @@ _SWAR = {
     64: (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101, 56),
     32: (0x55555555, 0x33333333, 0x0F0F0F0F, 0x01010101, 24),
 }
-_CHUNK_ELEMENTS = 1 << 18  # elements of the [words, rows, out] XOR block of one chunk
+_CHUNK_ELEMENTS = 1 << 16  # elements of the [words, rows, out] XOR block of one chunk
 
 
 # -- bits ------------------------------------------------------------------------------------
@@ -100,25 +101,42 @@ def popcount(x: torch.Tensor) -> torch.Tensor:
 
 _HAS_NP_POPCOUNT = hasattr(np, "bitwise_count")
 _UNSIGNED = {torch.int64: np.uint64, torch.int32: np.uint32}
+BACKENDS = ("auto", "c", "numpy", "torch")
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    check_choice("backend", backend, BACKENDS)
+    if backend != "auto":
+        return backend
+    if device.type != "cpu":
+        return "torch"
+    if _native.available():
+        return "c"
+    return "numpy" if _HAS_NP_POPCOUNT else "torch"
 
 
 def packed_mismatches(a: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """popcount(a ⊕ w) summed over words: ``a [M, W]``, ``w [O, W]`` → int32 ``[M, O]``.
 
-    ``backend``: ``"torch"`` (SWAR popcount on tensors, any device), ``"numpy"`` (hardware popcount
-    via ``np.bitwise_count``, CPU), ``"auto"`` (numpy on CPU when available). The words axis is
-    put first so the sum over it adds contiguous ``[rows, O]`` planes, and rows are processed in
-    chunks whose ``[W, rows, O]`` XOR block fits in cache.
+    ``backend``: ``"c"`` (a fused XOR-popcount loop in C, compiled on first use, CPU; see
+    :mod:`htaf._native`), ``"numpy"`` (hardware popcount via ``np.bitwise_count``, CPU),
+    ``"torch"`` (SWAR popcount on tensors, any device), ``"auto"`` (on the CPU the first of c,
+    numpy, torch that works; torch elsewhere). All give the same integers.
+
+    The NumPy path puts the words axis first so the sum over it adds contiguous ``[rows, O]``
+    planes, and processes rows in chunks whose ``[W, rows, O]`` XOR block stays in cache.
     """
-    check_choice("backend", backend, ("auto", "torch", "numpy"))
-    if backend == "auto":
-        backend = "numpy" if (_HAS_NP_POPCOUNT and a.device.type == "cpu") else "torch"
+    backend = _resolve_backend(backend, a.device)
     M, W = a.shape
     O = w.shape[0]
+    if backend == "c":
+        return torch.from_numpy(_native.xor_popcount(a.numpy(), w.numpy()))
     rows = max(1, _CHUNK_ELEMENTS // max(1, O * W))
     aT, wT = a.t().contiguous(), w.t().contiguous()
     if backend == "numpy":
         an, wn = aT.numpy().view(_UNSIGNED[a.dtype]), wT.numpy().view(_UNSIGNED[w.dtype])
+        # counts are ≤ word bits a word: their sum fits uint16 (a faster reduction) up to 2^16 − 1
+        acc = np.uint16 if W * an.dtype.itemsize * 8 < 1 << 16 else np.int32
         out = np.empty((M, O), np.int32)
         xor = np.empty((W, min(rows, M), O), an.dtype)
         cnt = np.empty(xor.shape, np.uint8)
@@ -126,7 +144,7 @@ def packed_mismatches(a: torch.Tensor, w: torch.Tensor, backend: str = "auto") -
             m = min(M, s + rows) - s
             np.bitwise_xor(an[:, s:s + m, None], wn[:, None, :], out=xor[:, :m])
             np.bitwise_count(xor[:, :m], out=cnt[:, :m])
-            out[s:s + m] = cnt[:, :m].sum(0, dtype=np.int32)
+            out[s:s + m] = cnt[:, :m].sum(0, dtype=acc)
         return torch.from_numpy(out)
     out = torch.empty(M, O, dtype=torch.int32, device=a.device)
     for s in range(0, M, rows):
@@ -176,8 +194,8 @@ class PackedLinear(_PackedBase):
             return _finish(TF.linear(x, self.signed_weight(x.dtype)), self.alpha, self.bias, -1)
         lead = x.shape[:-1]
         a = pack_bits(x.reshape(-1, self.in_features) >= 0, self.word_bits)
-        mism = packed_mismatches(a, self.weight_bits, self.backend)
-        dot = self.in_features - 2 * mism
+        mism = packed_mismatches(a, self.weight_bits, self.backend)  # a fresh tensor
+        dot = mism.mul_(-2).add_(self.in_features)
         y = dot.to(x.dtype).reshape(*lead, self.out_features)
         return _finish(y, self.alpha, self.bias, -1)
 
@@ -253,13 +271,16 @@ class PackedConv2d(_PackedBase):
         outs = []
         for gi in range(g):
             p = patches[:, :, :, gi].reshape(B * ho * wo, -1)
-            outs.append(n - 2 * packed_mismatches(p, self.weight_bits[gi], self.backend))
+            mism = packed_mismatches(p, self.weight_bits[gi], self.backend)  # a fresh tensor
+            outs.append(mism.mul_(-2).add_(n))  # n − 2·mismatches, in place
         dot = outs[0] if g == 1 else torch.cat(outs, dim=1)  # [B·ho·wo, O]
         if self._zero_pad():
-            dot = (dot.view(B, ho * wo, -1) + self._correction(hp, wp, x.device)).view(-1, Og * g)
+            dot.view(B, ho * wo, -1).add_(self._correction(hp, wp, x.device))
         # NCHW-contiguous, like the float conv's output: later ops (BN, pooling, real convs)
-        # pick their kernels, and so their float rounding, by memory format.
-        y = dot.view(B, ho, wo, -1).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+        # pick their kernels, and so their float rounding, by memory format. One pass converts
+        # and transposes.
+        y = torch.empty(B, Og * g, ho, wo, dtype=x.dtype, device=x.device)
+        y.copy_(dot.view(B, ho, wo, -1).permute(0, 3, 1, 2))
         return _finish(y, self.alpha, self.bias, 1)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -305,8 +326,8 @@ class PackedModel(nn.Module):
             return self.module(x)
 
     def set_backend(self, backend: str) -> PackedModel:
-        """``"auto"``, ``"torch"`` or ``"numpy"`` popcount for every packed layer."""
-        check_choice("backend", backend, ("auto", "torch", "numpy"))
+        """``"auto"``, ``"c"``, ``"numpy"`` or ``"torch"`` popcount for every packed layer."""
+        check_choice("backend", backend, BACKENDS)
         for m in self.module.modules():
             if isinstance(m, (PackedLinear, PackedConv2d)):
                 m.backend = backend
@@ -372,7 +393,7 @@ def pack_model(model: nn.Module, *, word_bits: int = 64, arch: dict | None = Non
     binary layer with binary weights (e.g. the ``activation="relu"`` ceiling).
     """
     check_choice("word_bits", word_bits, (32, 64))
-    check_choice("backend", backend, ("auto", "torch", "numpy"))
+    check_choice("backend", backend, BACKENDS)
     module = copy.deepcopy(model).cpu().eval()
     set_mode(module, "hard")
     for p in module.parameters():
