@@ -7,8 +7,9 @@ random weights and BN statistics (latency does not depend on them; sizes are exa
 
 * ``float ceiling`` — the same architecture with real weights (``activation="relu"``), float32;
 * ``hard BNN, float`` — the BNN in hard mode, binary ops run as float32 convs on ±1 tensors;
-* ``packed (numpy|torch)`` — :class:`htaf.deploy.PackedModel`, XNOR + popcount on 64-bit words
-  (``numpy``: hardware popcount via ``np.bitwise_count``; ``torch``: SWAR bit trick on tensors).
+* ``packed (c|numpy|torch)`` — :class:`htaf.deploy.PackedModel`, XNOR + popcount on 64-bit words
+  (``c``: fused XOR-popcount loop compiled on first use, the CPU default where a C compiler works;
+  ``numpy``: ``np.bitwise_count`` over a materialized XOR block; ``torch``: SWAR bit trick).
 
 Prints one table (medians of ``--repeats`` timed calls after one warm-up) and writes
 ``benchmarks/results/bench_bnn_infer.json``.
@@ -32,6 +33,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
+from htaf import _native
 from htaf.deploy import hard_model, pack_model, state_nbytes
 from htaf.models import create_model
 
@@ -73,9 +75,12 @@ def main(argv=None) -> dict:
                    help="timed calls per batch size (one number, or one per batch size)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
     p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--backends", nargs="+", default=["numpy", "torch"])
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="packed backends to time (default: c if it compiles, numpy, torch)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_bnn_infer.json"))
     args = p.parse_args(argv)
+    if args.backends is None:
+        args.backends = (["c"] if _native.available() else []) + ["numpy", "torch"]
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats * len(args.batch_sizes) if len(args.repeats) == 1 else args.repeats

@@ -334,3 +334,23 @@ def test_mismatch_counts_past_uint16_do_not_wrap(backend):
     a = pack_bits(torch.ones(2, n, dtype=torch.bool))
     w = pack_bits(torch.zeros(3, n, dtype=torch.bool))
     assert torch.equal(packed_mismatches(a, w, backend), torch.full((2, 3), n, dtype=torch.int32))
+
+
+@needs_c
+def test_c_backend_float64_input_takes_the_general_path_exactly():
+    """The fused NCHW kernel writes float32 only; other dtypes use the int32 path, still exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(BinaryConv2d(9, 6, 3, padding=1), nn.BatchNorm2d(6)).double()
+    x = torch.randn(2, 9, 5, 7, dtype=torch.float64)
+    assert torch.equal(pack_model(model, backend="c")(x), hard_model(model)(x))
+
+
+@needs_c
+def test_xnor_conv_nchw_checks_its_output_layout():
+    a = torch.zeros(6, 2, dtype=torch.int64).numpy()
+    w = torch.zeros(4, 2, dtype=torch.int64).numpy()
+    with pytest.raises(ValueError, match="out must be"):
+        _native.xnor_conv_nchw(a, w, 128, None, torch.empty(2, 4, 4).numpy())  # B·L = 8 != 6
+    out = torch.empty(2, 4, 3).numpy()
+    _native.xnor_conv_nchw(a, w, 128, torch.ones(3, 4, dtype=torch.int32).numpy(), out)
+    assert (out == 129).all()

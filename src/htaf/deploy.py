@@ -268,14 +268,24 @@ class PackedConv2d(_PackedBase):
                 for i in range(kh) for j in range(kw)]
         patches = torch.stack(taps, dim=4)  # [B, ho, wo, g, kh·kw, Wg]
         n = Cg * kh * kw
+        corr = self._correction(hp, wp, x.device) if self._zero_pad() else None  # [ho·wo, O]
+        backend = _resolve_backend(self.backend, x.device)
+        if backend == "c" and g == 1 and x.dtype == torch.float32:
+            # one fused pass: XOR-popcount, n − 2·mismatches + correction, float32 NCHW
+            y = torch.empty(B, self.out_channels, ho, wo)
+            _native.xnor_conv_nchw(patches.reshape(B * ho * wo, -1).numpy(),
+                                   self.weight_bits[0].numpy(), n,
+                                   None if corr is None else corr.numpy(),
+                                   y.numpy().reshape(B, self.out_channels, ho * wo))
+            return _finish(y, self.alpha, self.bias, 1)
         outs = []
         for gi in range(g):
             p = patches[:, :, :, gi].reshape(B * ho * wo, -1)
-            mism = packed_mismatches(p, self.weight_bits[gi], self.backend)  # a fresh tensor
+            mism = packed_mismatches(p, self.weight_bits[gi], backend)  # a fresh tensor
             outs.append(mism.mul_(-2).add_(n))  # n − 2·mismatches, in place
         dot = outs[0] if g == 1 else torch.cat(outs, dim=1)  # [B·ho·wo, O]
-        if self._zero_pad():
-            dot.view(B, ho * wo, -1).add_(self._correction(hp, wp, x.device))
+        if corr is not None:
+            dot.view(B, ho * wo, -1).add_(corr)
         # NCHW-contiguous, like the float conv's output: later ops (BN, pooling, real convs)
         # pick their kernels, and so their float rounding, by memory format. One pass converts
         # and transposes.
