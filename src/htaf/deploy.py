@@ -65,7 +65,8 @@ def pack_bits(bits: torch.Tensor, word_bits: int = 64) -> torch.Tensor:
     words = -(-n // word_bits)
     pad = words * word_bits - n
     if bits.device.type == "cpu":
-        packed = np.packbits(bits.numpy(), axis=-1, bitorder="little")  # [..., ⌈n/8⌉] uint8
+        # np.packbits is several times faster on a contiguous array than on a strided view
+        packed = np.packbits(bits.contiguous().numpy(), axis=-1, bitorder="little")  # uint8
         extra = words * word_bits // 8 - packed.shape[-1]
         if extra:
             packed = np.pad(packed, [(0, 0)] * (packed.ndim - 1) + [(0, extra)])
