@@ -42,7 +42,7 @@ from .nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
 __all__ = [
     "pack_bits", "unpack_bits", "popcount", "packed_mismatches", "PackedLinear", "PackedConv2d",
     "PackedModel", "pack_model", "hard_model", "export_onnx", "export_run", "verify",
-    "training_steps", "eval_batches", "state_nbytes", "FORMAT",
+    "training_steps", "eval_batches", "state_nbytes", "FORMAT", "BACKENDS",
 ]
 
 FORMAT = "htaf-packed"
