@@ -313,6 +313,8 @@ def test_auto_backend_falls_back_when_no_compiler(monkeypatch):
     assert deploy._resolve_backend("auto", torch.device("meta")) == "torch"
     with pytest.raises(ValueError, match="backend"):
         deploy._resolve_backend("cuda", torch.device("cpu"))
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        deploy._resolve_backend("numpy", torch.device("meta"))
 
 
 def test_native_compile_can_be_disabled(monkeypatch):

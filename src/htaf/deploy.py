@@ -107,6 +107,9 @@ BACKENDS = ("auto", "c", "numpy", "torch")
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     check_choice("backend", backend, BACKENDS)
+    if backend in ("c", "numpy") and device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU, got tensors on {device}; "
+                         "use backend 'torch' or 'auto'")
     if backend != "auto":
         return backend
     if device.type != "cpu":
