@@ -322,9 +322,12 @@ def _speed_rows(name: str, rec: dict) -> list[tuple[str, str]]:
                         f"{sizes['packed_state_bytes']:,} B vs {sizes['float_state_dict_bytes']:,} B "
                         f"({sizes['ratio_state']:.1f}× smaller)"))
         for r in rec.get("latency_median_ms", []):
-            out.append((f"CPU latency, batch {r['batch']}",
-                        f"packed {r['packed_numpy_ms']:.1f} ms vs float {r['float_ceiling_ms']:.1f} ms "
-                        f"({r['float_ceiling_ms'] / r['packed_numpy_ms']:.2f}× speed-up)"))
+            for backend in ("c", "numpy"):
+                ms = r.get(f"packed_{backend}_ms")
+                if ms:
+                    out.append((f"CPU latency, batch {r['batch']}, packed ({backend})",
+                                f"{ms:.1f} ms vs float {r['float_ceiling_ms']:.1f} ms "
+                                f"({r['float_ceiling_ms'] / ms:.2f}× speed-up)"))
     return out
 
 
