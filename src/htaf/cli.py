@@ -331,6 +331,8 @@ def _run_explain(args) -> int:
               f"{','.join(map(str, r.concepts))}: prediction {classes[r.pred_before]} -> "
               f"{classes[r.pred_after]}\n  before: {top(r.before)}\n  after:  {top(r.after)}")
     print(f"wrote {report.path}")
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="pack a trained BNN run to bits (XNOR/popcount) and/or export it to ONNX",

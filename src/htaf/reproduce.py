@@ -23,7 +23,6 @@ measures nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -129,9 +128,10 @@ def run_part(name: str, *, data: str, out: Path, epochs: int | None = None,
     recipe = dict(part.recipe)
     hardware = {"amp": on_gpu, "channels_last": on_gpu and name != "snn", "compile": compile}
     t_part = time.perf_counter()
+    variants = [(label, model, {**kwargs, **(part.smoke_kwargs if smoke else {})})
+                for label, model, kwargs in part.variants]
     new_runs: dict[str, list[dict]] = {}
-    for label, model, kwargs in part.variants:
-        kwargs = {**kwargs, **(part.smoke_kwargs if smoke else {})}
+    for label, model, kwargs in variants:
         for seed in seeds:
             cfg = TrainConfig(model=model, model_kwargs=kwargs, data=data, epochs=epochs,
                               seed=seed, device=device, log="none", checkpoint_every=0,
@@ -169,12 +169,12 @@ def run_part(name: str, *, data: str, out: Path, epochs: int | None = None,
             new_runs[row["label"]] = sorted(kept + new_runs.get(row["label"], []),
                                             key=lambda r: r["seed"])
     rows = []
-    for label, model, kwargs in part.variants:
+    for label, model, kwargs in variants:
         runs = new_runs.get(label, [])
         accs = [r["hard_test_acc"] for r in runs]
         rows.append({
             "label": label, "model": model,
-            "model_kwargs": {**kwargs, **(part.smoke_kwargs if smoke else {})},
+            "model_kwargs": kwargs,
             "hard_acc_mean": statistics.fmean(accs),
             "hard_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
             "gap_mean": _mean([r["gap"] for r in runs]),
@@ -399,8 +399,3 @@ def _write_json(path: Path, record: dict) -> None:
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
-
-def config_dict(part: str) -> dict:
-    """A part's settings as plain data (for ``--dry-run`` and the docs)."""
-    p = PARTS[part]
-    return {**dataclasses.asdict(p), "variants": [list(v) for v in p.variants]}
