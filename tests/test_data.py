@@ -303,3 +303,42 @@ def test_normalize_matches_the_training_batches_bitwise():
     ds = load_dataset("digits")
     (x, _), = ds.batches("test", len(ds.test_x), shuffle=False)
     assert torch.equal(ds.normalize(ds.test_x), x)
+
+
+# ----------------------------------------------------------------- memory layout of the batches
+#
+# Minimal reproduction of the heap corruption this layout avoids (torch 2.14.1, oneDNN 3.12, one
+# thread; it aborts with "corrupted size vs. prev_size" or a segfault):
+#
+#     OMP_NUM_THREADS=1 python -c "
+#     import torch
+#     for _ in range(20):
+#         x = torch.randn(128, 4, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
+#         w = torch.randn(8, 4, 1, 1, requires_grad=True)
+#         y = torch.nn.functional.conv2d(x, w, stride=2)
+#         y.backward(torch.randn_like(y))"
+#
+# One-channel batches made by addcmul got strides (H·W, 1, W, 1), which PyTorch also reads as
+# channels_last, so a ResNet on digits ran channels_last and its 1×1 stride-2 shortcut hit it.
+
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batches_have_the_requested_memory_layout(digits, augment, channels_last):
+    x, _ = next(iter(digits.batches("train", 16, augment=augment, channels_last=channels_last)))
+    b, c, h, w = x.shape
+    expected = (h * w * c, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
+    assert x.stride() == expected
+    assert digits.normalize(digits.test_x[:4]).stride() == (c * h * w, h * w, w, 1)
+
+
+def test_resnet_on_one_thread_trains_without_corrupting_memory(tmp_path):
+    """The command that aborted the test suite (heap corruption in oneDNN, see above)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "htaf", "train", "--model", "std_resnet18", "--width", "4",
+         "--epochs", "1", "--batch-size", "128", "--out", str(tmp_path), "--log", "none"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

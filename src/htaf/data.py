@@ -122,7 +122,7 @@ class ImageDataset:
         """uint8 images ``[B, C, H, W]`` → the model's input, with exactly the arithmetic of
         :meth:`batches` (so a report sees the same concept bits as training did)."""
         scale, shift = _affine(self.mean, self.std, images.shape[1], torch.device(device))
-        return torch.addcmul(shift, images.to(device).float(), scale)
+        return _normalize(images.to(device), scale, shift)
 
     def batches(self, split: str, batch_size: int, *, device="cpu", shuffle: bool | None = None,
                 augment: bool = False, hflip: bool | None = None, pad: int | None = None,
@@ -158,6 +158,21 @@ def _affine(mean, std, channels: int, device: torch.device) -> tuple[torch.Tenso
     std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
     return (1.0 / (255.0 * std_t)).to(device), (-mean_t / std_t).to(device)
+
+
+def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+               channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` → ``images·scale + shift`` in float32, in an explicitly chosen layout.
+
+    The layout is set, not inferred: for one-channel images the strides ``addcmul`` picks by
+    itself are (H·W, 1, W, 1), which PyTorch also reads as channels_last, and a whole CPU network
+    then runs channels_last. In torch 2.14 (oneDNN 3.12) the backward of a channels-last 1×1
+    stride-2 convolution on one thread corrupts the heap (a ResNet's shortcut); the minimal
+    reproduction is in tests/test_data.py."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=fmt)
+    return torch.addcmul(shift, images.float(), scale, out=out)
+
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in the [0, 1] scale (float64, chunked)."""
@@ -264,10 +279,9 @@ class Batches:
                 xb = self._crop_flip(idx, offsets[idx], None if flips is None else flips[idx])
             else:
                 xb = self.x[idx]
-            xb = torch.addcmul(self._shift, xb.float(), self._scale)
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[idx]
+            yield _normalize(xb, self._scale, self._shift, self.channels_last), self.y[idx]
+
+
 
     def _crop_flip(self, idx, offsets, flips):
         """Random crop from the padded image and optional horizontal flip, as one gather."""
