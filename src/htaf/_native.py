@@ -4,22 +4,19 @@
 NumPy has no fused ``popcount(a ⊕ w)`` reduction: the NumPy backend makes three passes over a
 materialized ``[words, rows, out]`` block (XOR, ``bitwise_count``, sum), about 1 ns a word on one
 core. The loop below keeps everything in registers (hardware ``popcnt`` with
-``-march=native``), 7–10× faster. The library is built once per process into a temporary folder
-(a fraction of a second) and the folder is removed once loaded, so nothing compiled for one CPU
-is ever reused on another. If no compiler works, :func:`available` is False and
-``backend="auto"`` falls back to NumPy. Set ``HTAF_NO_NATIVE=1`` to never compile.
+``-march=native``), 7–10× faster. The library is built once per machine and cached
+(:mod:`htaf._build`). If no compiler works, :func:`available` is False and ``backend="auto"``
+falls back to NumPy. Set ``HTAF_NO_NATIVE=1`` to never compile.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 
 import numpy as np
+
+from ._build import load_library
 
 __all__ = ["available", "xor_popcount", "xnor_conv_nchw"]
 
@@ -61,50 +58,24 @@ KERNEL(htaf_xor_popcount_u32, uint32_t, __builtin_popcount, COUNT_ARGS, COUNT_ST
 KERNEL(htaf_xnor_conv_u64, uint64_t, __builtin_popcountll, CONV_ARGS, CONV_STORE)
 KERNEL(htaf_xnor_conv_u32, uint32_t, __builtin_popcount, CONV_ARGS, CONV_STORE)
 """
-_FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where -march=native is refused
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _compile() -> ctypes.CDLL | None:
-    if os.environ.get("HTAF_NO_NATIVE"):
-        return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return None
-    tmp = tempfile.mkdtemp(prefix="htaf-native-")
-    try:
-        src, lib = os.path.join(tmp, "xor_popcount.c"), os.path.join(tmp, "xor_popcount.so")
-        with open(src, "w") as f:
-            f.write(_SOURCE)
-        for flags in _FLAGS:
-            cmd = [cc, *flags, "-shared", "-fPIC", "-o", lib, src]
-            try:
-                done = subprocess.run(cmd, capture_output=True, timeout=120)
-            except (OSError, subprocess.SubprocessError):
-                return None
-            if done.returncode == 0:
-                dll = ctypes.CDLL(lib)  # mapped: the file can go
-                ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-                for fn in (dll.htaf_xor_popcount_u64, dll.htaf_xor_popcount_u32):
-                    fn.argtypes = [ptr, ptr, i64, i64, i64, ptr]
-                    fn.restype = None
-                for fn in (dll.htaf_xnor_conv_u64, dll.htaf_xnor_conv_u32):
-                    fn.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i32, ptr, ptr]
-                    fn.restype = None
-                return dll
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load() -> ctypes.CDLL | None:
     global _lib, _tried
-    if not _tried:
-        with _lock:
-            if not _tried:
-                _lib, _tried = _compile(), True
+    with _lock:
+        if not _tried:
+            _lib, _tried = load_library("htaf_xor_popcount", _SOURCE), True
+            if _lib is not None:
+                ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+                for fn in (_lib.htaf_xor_popcount_u64, _lib.htaf_xor_popcount_u32):
+                    fn.argtypes = [ptr, ptr, i64, i64, i64, ptr]
+                    fn.restype = None
+                for fn in (_lib.htaf_xnor_conv_u64, _lib.htaf_xnor_conv_u32):
+                    fn.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i32, ptr, ptr]
+                    fn.restype = None
     return _lib
 
 
