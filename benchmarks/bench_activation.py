@@ -177,7 +177,8 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-        path = "Triton kernels" if kernels.TRITON_ENABLED else "PyTorch reference (Triton off)"
+        fused = kernels.fused(torch.empty(1, device=device))
+        path = "Triton kernels" if fused else "PyTorch reference (Triton off)"
     else:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         name = "CPU"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -84,12 +83,12 @@ def fwd_bwd(step, x, g):
 def make_rows(device, T, size, dtype):
     """name → a callable ``[T, ...] → spikes`` (or a string saying why it is missing)."""
     rows: dict[str, object] = {}
-    on_gpu = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    on_gpu = device.type == "cuda"
     if on_gpu:
-        fused = LIFNode(step_mode="m", backend="triton")
+        fused = LIFNode(step_mode="m", backend="fused")
         rows["htaf fused Triton (HTAF)"] = lambda x: (fused.reset(), fused(x))[1]
     else:
-        rows["htaf fused Triton (HTAF)"] = "needs CUDA (or TRITON_INTERPRET=1)"
+        rows["htaf fused Triton (HTAF)"] = "needs CUDA"
     eager = LIFNode(step_mode="m", backend="torch")
     rows["htaf PyTorch loop (HTAF)"] = lambda x: (eager.reset(), eager(x))[1]
     compiled = torch.compile(lambda x: (eager.reset(), eager(x))[1])

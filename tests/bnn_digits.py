@@ -25,7 +25,7 @@ def digits_split():
 
 
 @functools.cache
-def trained_digits_mlp(activation: str = "htaf", epochs: int = 10):
+def trained_digits_mlp(activation: str = "htaf_st", epochs: int = 10):
     """bnn_mlp (real first layer, binary hidden layer, real head) trained with Adam + one-cycle,
     latent weights clipped after every step by ``apply_constraints``. Returns (model, steps)."""
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ def spy(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["straight_through", "hard"])
-@pytest.mark.parametrize("surrogate", ["htaf", "ste", "approx_sign", "swish_sign", "atan"])
+@pytest.mark.parametrize("surrogate", ["htaf_st", "ste", "approx_sign", "swish_sign", "atan"])
 def test_operands_exactly_pm1(spy, mode, surrogate):
     torch.manual_seed(0)
     lin = BinaryLinear(13, 5, input_quantizer=surrogate)
@@ -87,7 +87,7 @@ def test_zero_padding_keeps_true_zeros(spy):
     assert xin.shape == (1, 2, 5, 5) and _is_pm1(xin)
 
 
-@pytest.mark.parametrize("surrogate", ["htaf", "approx_sign", "ste"])
+@pytest.mark.parametrize("surrogate", ["htaf_st", "approx_sign", "ste"])
 def test_input_and_weight_gradients_follow_surrogates(surrogate):
     torch.manual_seed(0)
     lin = BinaryLinear(7, 3, bias=False, input_quantizer=surrogate, scale=None)
@@ -99,7 +99,7 @@ def test_input_and_weight_gradients_follow_surrogates(surrogate):
     w = lin.weight.detach()
     wb, xb = torch.sign(w), torch.where(x.detach() >= 0, 1.0, -1.0)
     expected_w = (g.T @ xb) * (w.abs() <= 1).float()
-    d = {"htaf": 2 * htaf_derivative(x.detach()),
+    d = {"htaf_st": 2 * htaf_derivative(x.detach()),
          "approx_sign": torch.clamp(2 - 2 * x.detach().abs(), min=0),
          "ste": (x.detach().abs() <= 1).float()}[surrogate]
     expected_x = (g @ wb) * d
@@ -153,7 +153,7 @@ def test_input_quantizer_accepts_a_sign_module_and_rejects_others():
     assert BinaryLinear(2, 2, input_quantizer=q).input_quantizer is q
     with pytest.raises(ValueError, match="input_quantizer"):
         BinaryLinear(2, 2, input_quantizer=3)
-    with pytest.raises(ValueError, match="unknown surrogate"):
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
         BinaryLinear(2, 2, input_quantizer="nope")
     with pytest.raises(ValueError, match="scale"):
         BinaryLinear(2, 2, scale="tensor")
@@ -165,8 +165,15 @@ def test_drop_in_signatures_and_state_dict_keys():
     lin, ref = BinaryLinear(5, 3, False), nn.Linear(5, 3, False)
     conv = BinaryConv2d(4, 6, 3, 2, 1, 1, 2, True, "zeros")
     assert isinstance(lin, nn.Linear) and isinstance(conv, nn.Conv2d)
-    assert lin.state_dict().keys() == ref.state_dict().keys()
-    assert conv.state_dict().keys() == nn.Conv2d(4, 6, 3, 2, 1, 1, 2).state_dict().keys()
+    quantizers = {"input_quantizer.alpha", "input_quantizer.beta", "input_quantizer.gamma",
+                  "weight_quantizer.clip"}   # the surrogates' hyperparameters are buffers
+    assert set(lin.state_dict()) == set(ref.state_dict()) | quantizers
+    float_conv = nn.Conv2d(4, 6, 3, 2, 1, 1, 2)
+    assert set(conv.state_dict()) == set(float_conv.state_dict()) | quantizers
+    # a float checkpoint loads into the binary twin: only the quantizers' buffers are missing
+    missing, unexpected = conv.load_state_dict(float_conv.state_dict(), strict=False)
+    assert set(missing) == quantizers and not unexpected
+    assert torch.equal(conv.weight, float_conv.weight)
     assert conv(torch.randn(1, 4, 7, 7)).shape == (1, 6, 4, 4)
 
 
@@ -176,8 +183,7 @@ def test_drop_in_signatures_and_state_dict_keys():
                           learnable_threshold=True, rprelu=True)),
     ("bnn_mlp", dict(in_channels=1, image_size=8)),
 ])
-@pytest.mark.parametrize("activation", ["htaf", "htaf_st", "ste", "approx_sign", "swish_sign",
-                                        "relu"])
+@pytest.mark.parametrize("activation", ["htaf_st", "ste", "approx_sign", "swish_sign", "relu"])
 def test_models_build_train_and_select_surrogate(name, kw, activation):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, activation=activation, **kw)
@@ -225,7 +231,7 @@ def test_models_take_act_params_as_compare_passes_them(name, kw):
     model = create_model(name, num_classes=3, activation="htaf_st", act_params={"beta": 8.0}, **kw)
     assert all(m.input_quantizer.surrogate.hyperparameters()["beta"] == 8.0
                for _, m in binary_layers(model))
-    with pytest.raises(ValueError, match="no surrogate parameters"):
+    with pytest.raises(ValueError, match="takes no parameters"):
         create_model(name, activation="relu", act_params={"alpha": 2.0}, **kw)
 
 
@@ -236,3 +242,33 @@ def test_binary_mlp_learns_digits():
         acc = float((model(xte).argmax(1) == yte).float().mean())
     assert acc >= 0.90, acc
     assert all(float(m.weight.detach().abs().max()) <= 1.0 for _, m in binary_layers(model))
+
+
+@pytest.mark.parametrize("name", ["bnn_mlp", "bnn_vgg_small", "bnn_resnet18"])
+def test_smooth_htaf_is_refused_by_name(name):
+    """'htaf' is smooth HTAF in every family; a BNN's signs are exact, so it is an error naming
+    both the activation and the family, not a silent switch to straight-through."""
+    with pytest.raises(ValueError, match="'htaf' is smooth.*BNN.*htaf_st"):
+        create_model(name, activation="htaf")
+    with pytest.raises(ValueError, match="'htaf' is smooth.*BNN"):
+        BinaryLinear(4, 2, input_quantizer="htaf")
+
+
+@pytest.mark.parametrize("mode", ["straight_through", "hard"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_binary_layers_forward_does_not_depend_on_grad_mode(mode, grad):
+    """NaN in → NaN out, with and without gradient tracking, in every mode (it used to be NaN
+    with grad enabled and finite numbers under no_grad)."""
+    lin = BinaryLinear(2, 2)
+    conv = BinaryConv2d(1, 2, 3, padding=1)
+    set_mode(lin, mode)
+    set_mode(conv, mode)
+    x = torch.tensor([[float("nan"), 1.0]])
+    img = torch.ones(1, 1, 4, 4)
+    img[0, 0, 1, 1] = float("nan")
+    with torch.set_grad_enabled(grad):
+        y, z = lin(x), conv(img)
+        finite = lin(torch.tensor([[-1.0, 1.0]]))
+    assert y.isnan().all() and z.isnan().any() and torch.isfinite(finite).all()
+    with torch.no_grad():
+        assert torch.equal(lin(x).isnan(), y.isnan()) and torch.equal(conv(img).isnan(), z.isnan())

@@ -199,7 +199,7 @@ def trained_run(tmp_path_factory):
     from htaf.engine import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = TrainConfig(model="bnn_mlp", model_kwargs={"activation": "htaf", "hidden": [128, 128]},
+    cfg = TrainConfig(model="bnn_mlp", model_kwargs={"activation": "htaf_st", "hidden": [128, 128]},
                       data="digits", epochs=3, optimizer="adamw", lr=1e-2, schedule="onecycle",
                       batch_size=64, weight_decay=0.0, device="cpu", out_dir=str(out),
                       name="bnn", log="none", anneal_gamma=None)

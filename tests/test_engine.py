@@ -443,13 +443,13 @@ def test_dead_units_of_binary_layers_are_counted_in_hard_mode():
     from htaf.nn.binary import BinaryConv2d, BinaryLinear
 
     torch.manual_seed(0)
-    lin = nn.Sequential(BinaryLinear(8, 4, input_quantizer="htaf", weight_quantizer="ste"))
+    lin = nn.Sequential(BinaryLinear(8, 4, input_quantizer="htaf_st", weight_quantizer="ste"))
     x = torch.randn(32, 8)
     x[:, :3] = x[:, :3].abs() + 0.1                     # 3 of the 8 input units always +1
     batches = [(x, torch.randint(0, 4, (32,)))]
     assert evaluate(lin, batches, mode="hard", dead_units=True)["dead_units"] == 3 / 8
     assert binary_units(lin, batches) == {"0.input_quantizer[8]": (3, 8)}
-    conv = nn.Sequential(BinaryConv2d(4, 2, 3, padding=1, input_quantizer="htaf"),
+    conv = nn.Sequential(BinaryConv2d(4, 2, 3, padding=1, input_quantizer="htaf_st"),
                          nn.Flatten(), nn.LazyLinear(3))
     xc = torch.randn(16, 4, 5, 5)
     xc[:, 1] = -xc[:, 1].abs() - 0.1                    # channel 1 always −1

@@ -20,9 +20,7 @@ import torch
 import htaf
 from htaf import functional as F
 from htaf import kernels
-from htaf.kernels import baselines
-from htaf.kernels import reference as ref
-from htaf.surrogates import get_surrogate, list_surrogates
+from htaf.surrogates import HTAFSurrogate, compute_dtype, get_surrogate, list_surrogates
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PARAMS = [(0.5, 4.0, 1.0), (0.1, 8.0, 3.0), (1.5, 0.0, 0.5)]
@@ -33,7 +31,8 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-_TRITON_MODULES = ("htaf.kernels.triton_activation", "htaf.kernels.triton_baselines")
+_TRITON_MODULES = ("htaf.kernels.triton_surrogates", "htaf.kernels.triton_elementwise",
+                   "htaf.kernels.triton_lif")
 
 
 def _import_interpreted():
@@ -70,14 +69,40 @@ def interpreted():
 
 @pytest.fixture(scope="module")
 def tk(interpreted):
-    """``triton_activation`` with interpreted kernels (CPU tensors)."""
-    return interpreted[0]
-
-
-@pytest.fixture(scope="module")
-def tb(interpreted):
-    """``triton_baselines`` with interpreted kernels (CPU tensors)."""
+    """``triton_elementwise`` with interpreted kernels (CPU tensors)."""
     return interpreted[1]
+
+
+# ----------------------------------------------------------------------------- references
+def _p(*values):
+    """Hyperparameters as the 0-d tensors the kernels take."""
+    return [torch.tensor(float(v)) for v in values]
+
+
+def ref_forward(x, a, b, g):
+    """HTAF(x) from the class formula, computed as the surrogate's smooth mode does."""
+    return HTAFSurrogate.primitive(x.to(compute_dtype(x.dtype)), a, b, g).to(x.dtype)
+
+
+def ref_backward(grad, x, kind, params, scale=1.0):
+    """``grad · scale · g'(x)`` from the surrogate class's own ``derivative`` (the reference)."""
+    cls = type(get_surrogate(kind))
+    d = cls.derivative(x.to(compute_dtype(x.dtype)), *params) * scale
+    return (grad.to(d.dtype) * d).to(grad.dtype)
+
+
+def ref_step(x, signed):
+    on = x >= 0
+    y = torch.where(on, 1.0, -1.0).to(x.dtype) if signed else on.to(x.dtype)
+    return torch.where(torch.isnan(x), x, y)
+
+
+def fwd(tk, x, a, b, g):
+    return tk.triton_htaf_forward(x, _p(a, b, g))
+
+
+def bwd(tk, grad, x, a, b, g, scale=1.0):
+    return tk.triton_surrogate_backward(grad, x, 0, _p(a, b, g), scale)
 
 
 def _tol(dtype):
@@ -102,18 +127,18 @@ def _randn(n, dtype, scale=4.0):
 @pytest.mark.parametrize("n", [0, 1, 7, 4097, 50_003])
 def test_forward_backward_parity_sizes(tk, dtype, n):
     x, g = _randn(n, dtype), _randn(n, dtype, 1.0)
-    _close(tk.triton_htaf_forward(x, 0.5, 4.0, 1.0), ref.htaf_forward(x, 0.5, 4.0, 1.0))
-    _close(tk.triton_htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0),
-           ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0))
+    _close(fwd(tk, x, 0.5, 4.0, 1.0), ref_forward(x, 0.5, 4.0, 1.0))
+    _close(bwd(tk, g, x, 0.5, 4.0, 1.0, 2.0),
+           ref_backward(g, x, "htaf", (0.5, 4.0, 1.0), 2.0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("abg", PARAMS)
 def test_parity_parameters_and_scales(tk, dtype, abg):
     x, g = _randn(3001, dtype), _randn(3001, dtype, 1.0)
-    _close(tk.triton_htaf_forward(x, *abg), ref.htaf_forward(x, *abg))
+    _close(fwd(tk, x, *abg), ref_forward(x, *abg))
     for scale in (1.0, 0.5, 2.0):
-        _close(tk.triton_htaf_backward(g, x, *abg, scale), ref.htaf_backward(g, x, *abg, scale))
+        _close(bwd(tk, g, x, *abg, scale), ref_backward(g, x, "htaf", abg, scale))
 
 
 def test_float32_accuracy_against_float64(tk):
@@ -121,10 +146,10 @@ def test_float32_accuracy_against_float64(tk):
     z ≈ −16 turns the input's half-ulp into ~1e-6 relative error of e^z, for any fp32 code."""
     x = torch.linspace(-40.0, 40.0, 40_001)
     x64 = x.double()
-    exact_y = ref.htaf_forward(x64, 0.5, 4.0, 1.0)
-    exact_d = ref.htaf_derivative(x64, 0.5, 4.0, 1.0)
-    y = tk.triton_htaf_forward(x, 0.5, 4.0, 1.0).double()
-    d = tk.triton_htaf_backward(torch.ones_like(x), x, 0.5, 4.0, 1.0).double()
+    exact_y = ref_forward(x64, 0.5, 4.0, 1.0)
+    exact_d = HTAFSurrogate.derivative(x64, 0.5, 4.0, 1.0)
+    y = fwd(tk, x, 0.5, 4.0, 1.0).double()
+    d = bwd(tk, torch.ones_like(x), x, 0.5, 4.0, 1.0).double()
     torch.testing.assert_close(y, exact_y, rtol=2e-6, atol=0)
     torch.testing.assert_close(d, exact_d, rtol=2e-6, atol=0)
     torch.testing.assert_close(y, exact_y, rtol=0, atol=1.2e-7)  # and within 2 ulps of 1
@@ -135,10 +160,10 @@ def test_float32_accuracy_against_float64(tk):
 def test_special_values_every_dtype(tk, dtype):
     x = torch.tensor(SPECIAL).to(dtype)  # 1e30 → inf in fp16, 3e38 → inf in half types
     g = torch.ones_like(x)
-    y = tk.triton_htaf_forward(x, 0.5, 4.0, 1.0)
-    d = tk.triton_htaf_backward(g, x, 0.5, 4.0, 1.0, 1.0)
-    _close(y, ref.htaf_forward(x, 0.5, 4.0, 1.0))
-    _close(d, ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 1.0))
+    y = fwd(tk, x, 0.5, 4.0, 1.0)
+    d = bwd(tk, g, x, 0.5, 4.0, 1.0, 1.0)
+    _close(y, ref_forward(x, 0.5, 4.0, 1.0))
+    _close(d, ref_backward(g, x, "htaf", (0.5, 4.0, 1.0), 1.0))
     nan, pos, neg = x.isnan(), x == math.inf, x == -math.inf
     assert y[nan].isnan().all() and d[nan].isnan().all()
     assert (y[pos] == 1).all() and (y[neg] == 0).all() and (d[pos | neg] == 0).all()
@@ -151,7 +176,7 @@ def test_special_values_every_dtype(tk, dtype):
 @pytest.mark.parametrize("signed", [False, True])
 def test_step_exactly_equals_reference(tk, dtype, signed):
     x = torch.cat([torch.tensor(SPECIAL), torch.randn(5001)]).to(dtype)
-    y, r = tk.triton_step(x, signed), ref.step_forward(x, signed)
+    y, r = tk.triton_step(x, signed), ref_step(x, signed)
     assert y.dtype == dtype
     assert torch.equal(y.isnan(), x.isnan())
     assert torch.equal(y.nan_to_num(7.0), r.nan_to_num(7.0))
@@ -162,11 +187,11 @@ def test_step_exactly_equals_reference(tk, dtype, signed):
 def test_empty_and_scalar(tk):
     for shape in [(0,), (3, 0, 5), ()]:
         x = torch.randn(shape)
-        for out, expected in [(tk.triton_htaf_forward(x, 0.5, 4.0, 1.0),
-                               ref.htaf_forward(x, 0.5, 4.0, 1.0)),
-                              (tk.triton_htaf_backward(x, x, 0.5, 4.0, 1.0),
-                               ref.htaf_backward(x, x, 0.5, 4.0, 1.0)),
-                              (tk.triton_step(x, True), ref.step_forward(x, True))]:
+        for out, expected in [(fwd(tk, x, 0.5, 4.0, 1.0),
+                               ref_forward(x, 0.5, 4.0, 1.0)),
+                              (bwd(tk, x, x, 0.5, 4.0, 1.0),
+                               ref_backward(x, x, "htaf", (0.5, 4.0, 1.0))),
+                              (tk.triton_step(x, True), ref_step(x, True))]:
             assert out.shape == expected.shape
             _close(out, expected)
 
@@ -187,26 +212,26 @@ def _layouts(dtype):
 @pytest.mark.parametrize("layout", list(_layouts(torch.float32)))
 def test_non_contiguous_inputs(tk, dtype, layout):
     x = _layouts(dtype)[layout]
-    y = tk.triton_htaf_forward(x, 0.5, 4.0, 1.0)
-    expected = ref.htaf_forward(x, 0.5, 4.0, 1.0)
+    y = fwd(tk, x, 0.5, 4.0, 1.0)
+    expected = ref_forward(x, 0.5, 4.0, 1.0)
     _close(y, expected)
     assert y.stride() == torch.empty_like(x).stride()  # the fake impl's promise
     s = tk.triton_step(x, False)
-    assert torch.equal(s, ref.step_forward(x, False)) and s.stride() == y.stride()
+    assert torch.equal(s, ref_step(x, False)) and s.stride() == y.stride()
     g = torch.randn(x.shape).to(dtype)  # contiguous grad, possibly permuted x
-    d = tk.triton_htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0)
-    _close(d, ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0))
+    d = bwd(tk, g, x, 0.5, 4.0, 1.0, 2.0)
+    _close(d, ref_backward(g, x, "htaf", (0.5, 4.0, 1.0), 2.0))
     assert d.stride() == torch.empty_like(g).stride()
-    d = tk.triton_htaf_backward(x, g, 0.5, 4.0, 1.0, 2.0)  # and the other way round
-    _close(d, ref.htaf_backward(x, g, 0.5, 4.0, 1.0, 2.0))
+    d = bwd(tk, x, g, 0.5, 4.0, 1.0, 2.0)  # and the other way round
+    _close(d, ref_backward(x, g, "htaf", (0.5, 4.0, 1.0), 2.0))
 
 
 def test_inputs_are_not_modified_and_views_share_nothing(tk):
     base = torch.randn(64, 33)
     x = base.t()
     before = base.clone()
-    y = tk.triton_htaf_forward(x, 0.5, 4.0, 1.0)
-    tk.triton_htaf_backward(x, x, 0.5, 4.0, 1.0)
+    y = fwd(tk, x, 0.5, 4.0, 1.0)
+    bwd(tk, x, x, 0.5, 4.0, 1.0)
     tk.triton_step(x, True)
     assert torch.equal(base, before) and y.data_ptr() != base.data_ptr()
 
@@ -214,9 +239,9 @@ def test_inputs_are_not_modified_and_views_share_nothing(tk):
 def test_mixed_grad_and_input_dtypes(tk):
     x = _randn(2049, torch.bfloat16)
     g = torch.randn(2049)
-    d = tk.triton_htaf_backward(g, x, 0.5, 4.0, 1.0)
+    d = bwd(tk, g, x, 0.5, 4.0, 1.0)
     assert d.dtype == torch.float32
-    _close(d, ref.htaf_backward(g, x, 0.5, 4.0, 1.0))
+    _close(d, ref_backward(g, x, "htaf", (0.5, 4.0, 1.0)))
 
 
 def test_int64_offsets_path(tk, monkeypatch):
@@ -225,108 +250,99 @@ def test_int64_offsets_path(tk, monkeypatch):
     monkeypatch.setattr(tk, "_INT32_LIMIT", 16)
     assert tk._needs_int64(10, 4096)
     x, g = _randn(9001, torch.float16), _randn(9001, torch.float16, 1.0)
-    _close(tk.triton_htaf_forward(x, 0.5, 4.0, 1.0), ref.htaf_forward(x, 0.5, 4.0, 1.0))
-    _close(tk.triton_htaf_backward(g, x, 0.5, 4.0, 1.0), ref.htaf_backward(g, x, 0.5, 4.0, 1.0))
-    assert torch.equal(tk.triton_step(x, True), ref.step_forward(x, True))
+    _close(fwd(tk, x, 0.5, 4.0, 1.0), ref_forward(x, 0.5, 4.0, 1.0))
+    _close(bwd(tk, g, x, 0.5, 4.0, 1.0), ref_backward(g, x, "htaf", (0.5, 4.0, 1.0)))
+    assert torch.equal(tk.triton_step(x, True), ref_step(x, True))
 
 
 def test_launcher_input_errors(tk):
     with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
-        tk.triton_htaf_forward(torch.arange(4), 0.5, 4.0, 1.0)
+        fwd(tk, torch.arange(4), 0.5, 4.0, 1.0)
     with pytest.raises(TypeError, match="x must be"):
         tk.triton_step(torch.zeros(3, dtype=torch.float64), False)
     with pytest.raises(ValueError, match="same shape"):
-        tk.triton_htaf_backward(torch.zeros(3), torch.zeros(4), 0.5, 4.0, 1.0)
+        bwd(tk, torch.zeros(3), torch.zeros(4), 0.5, 4.0, 1.0)
 
 
-# ----------------------------------------------------------------------------- baselines
-BASELINES = list(kernels.FUSED_SURROGATES)
+# ----------------------------------------------------------------------------- every surrogate
+KINDS = list_surrogates()
 
 
-def _baseline_params(kind):
-    """The registry's default parameter and a second value (ste: also unclipped)."""
-    names = list(get_surrogate(kind).hyperparameters().items())
-    if not names:
-        return [(None, 0.0)]
-    name, default = names[0]
-    extra = [(name, math.inf)] if kind == "ste" else []
-    return [(name, default), (name, 0.37 * default + 0.1)] + extra
+def _kind_params(kind):
+    """The class's defaults and a second value of its first hyperparameter (ste: unclipped)."""
+    s = get_surrogate(kind)
+    values = s.hyperparameters()
+    if not values:
+        return [()]
+    name, default = next(iter(values.items()))
+    other = s.replace(**{name: 0.37 * default + 0.1}).params
+    extra = [s.replace(clip=math.inf).params] if kind == "ste" else []
+    return [s.params, other, *extra]
 
 
-def _baseline_inputs(dtype, n=3001):
+def _kind_inputs(dtype, n=3001):
     x = torch.cat([torch.tensor(SPECIAL + [0.5, -0.5, 0.25, 0.04, 1.0 / 3]), torch.randn(n) * 2])
     return x.to(dtype)
 
 
-@pytest.mark.parametrize("kind", BASELINES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_baseline_reference_twin_matches_registry(kind, dtype):
-    x = _baseline_inputs(dtype)
-    for name, value in _baseline_params(kind):
-        s = get_surrogate(kind, **({name: value} if name else {}))
-        twin = baselines.surrogate_derivative(x, kind, value)
-        expected = s.derivative(x)
-        tol = {"rtol": 1e-12, "atol": 1e-300} if dtype == torch.float64 else _tol(dtype)
-        # swish_sign in the registry: inf·0 = NaN where βx overflows; the twin gives 0 there
-        bad = expected.isnan() & ~x.isnan()
-        assert kind == "swish_sign" or not bad.any()
-        assert (twin[bad] == 0).all()
-        torch.testing.assert_close(twin[~bad], expected[~bad], equal_nan=True, **tol)
+def test_the_kernel_knows_every_surrogate_class():
+    from htaf.kernels.triton_surrogates import KERNEL_IDS
+
+    assert sorted(get_surrogate(k).kernel_id for k in KINDS) == list(KERNEL_IDS)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_baseline_kernel_parity(tb, kind, dtype):
-    x = _baseline_inputs(dtype)
+def test_surrogate_kernel_parity(tk, kind, dtype):
+    """The shared device function of each surrogate equals its class's PyTorch derivative."""
+    x = _kind_inputs(dtype)
     g = torch.randn(x.shape).to(dtype)
     # fp32: near swish_sign's sign change (2 − βx·tanh(βx/2) = 0) the result cancels, so allow an
     # absolute error of a few ulps of the derivative's peak (β = 5 there).
     tol = dict(_tol(dtype), atol=1e-6) if dtype == torch.float32 else _tol(dtype)
-    for _, value in _baseline_params(kind):
+    kid = get_surrogate(kind).kernel_id
+    for params in _kind_params(kind):
         for scale in (1.0, 0.5, 2.0):
-            out = tb.triton_surrogate_backward(g, x, kind, value, scale)
-            expected = baselines.reference_backward(g, x, kind, value, scale)
+            out = tk.triton_surrogate_backward(g, x, kid, _p(*params), scale)
+            expected = ref_backward(g, x, kind, params, scale)
             assert out.dtype == expected.dtype
             torch.testing.assert_close(out, expected, equal_nan=True, **tol)
 
 
-def test_baseline_kernel_layouts_and_errors(tb):
+def test_surrogate_kernel_layouts_and_errors(tk):
     x = _layouts(torch.bfloat16)["sliced_step"]
     g = torch.randn(x.shape).to(torch.bfloat16).transpose(0, 1).contiguous().transpose(0, 1)
-    d = tb.triton_surrogate_backward(g, x, "atan", 2.0, 1.0)
-    _close(d, baselines.reference_backward(g, x, "atan", 2.0, 1.0))
+    d = tk.triton_surrogate_backward(g, x, 2, _p(2.0), 1.0)
+    _close(d, ref_backward(g, x, "atan", (2.0,), 1.0))
     assert d.stride() == g.stride()
-    assert tb.triton_surrogate_backward(torch.empty(0), torch.empty(0), "erf", 2.0).numel() == 0
-    with pytest.raises(ValueError, match="kind must be one of"):
-        tb.triton_surrogate_backward(x, x, "relu", 1.0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_cpu_surrogate_op_is_the_reference(dtype):
-    x, g = _baseline_inputs(dtype, 99), _baseline_inputs(dtype, 99).flip(0)
-    for kind in BASELINES:
-        out = kernels.surrogate_backward(g, x, kind, 1.5, 2.0)
-        assert torch.equal(out.nan_to_num(7.0),
-                           baselines.reference_backward(g, x, kind, 1.5, 2.0).nan_to_num(7.0))
+    assert tk.triton_surrogate_backward(torch.empty(0), torch.empty(0), 7, _p(2.0)).numel() == 0
+    with pytest.raises(ValueError, match="kernel id"):
+        tk.triton_surrogate_backward(x, x, 99, _p(1.0))
+    with pytest.raises(ValueError, match="one-element tensors"):
+        tk.triton_surrogate_backward(x, x, 2, [torch.ones(2)])
 
 
 # ----------------------------------------------------------------------------- the ops
-def test_triton_registration_switch(monkeypatch):
-    pytest.importorskip("triton")
-    assert kernels.TRITON_ENABLED == (os.environ.get("HTAF_DISABLE_TRITON", "") in ("", "0"))
+def test_backends_can_be_switched_off(monkeypatch):
+    """``HTAF_DISABLE_TRITON`` / ``HTAF_NO_NATIVE`` force the PyTorch references."""
+    monkeypatch.setattr(kernels, "_state", {})
     monkeypatch.setenv("HTAF_DISABLE_TRITON", "1")
-    assert kernels._triton_enabled() is False
+    monkeypatch.setenv("HTAF_NO_NATIVE", "1")
+    assert not kernels._triton_ready() and not kernels._native_ready()
+    assert not kernels.fused(torch.zeros(3))
 
 
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_cpu_ops_are_the_reference(dtype):
-    x, g = _randn(999, dtype), _randn(999, dtype, 1.0)
-    assert torch.equal(kernels.htaf_forward(x, 0.5, 4.0, 1.0), ref.htaf_forward(x, 0.5, 4.0, 1.0))
-    assert torch.equal(kernels.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0),
-                       ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0))
-    assert torch.equal(kernels.step_forward(x, True), ref.step_forward(x, True))
+@pytest.mark.parametrize("capability, used", [((6, 0), False), ((7, 5), True)])
+def test_gpus_too_old_for_triton_use_the_reference(monkeypatch, capability, used):
+    """A P100 (sm_60) is below what Triton compiles for: the library must run the reference
+    there instead of failing in the Triton compiler."""
+    monkeypatch.setattr(kernels, "_state", {"triton": True})
+    monkeypatch.setattr(kernels, "_capable", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    assert kernels._fused("cuda", torch.device("cuda:0"), torch.float32) is used
+    assert not kernels._fused("cuda", torch.device("cuda:0"), torch.float64)
 
 
 def _saved_bytes(fn, x):
@@ -387,10 +403,39 @@ def test_torch_compile_matches_eager(backend):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_annealed_buffers_do_not_recompile():
+    """α, β, γ are buffers: changing them in place (what Anneal does every epoch) is new data for
+    a compiled model, not a new graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    net = _Net()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(net, backend=counter, fullgraph=True)
+    anneal = htaf.Anneal(net, gamma=(1.0, 30.0))
+    x = torch.randn(8, 6)
+    for progress in (0.0, 0.3, 0.7, 1.0):
+        anneal.set_progress(progress)
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+        expected = net(x)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        for a, b in zip(grads, torch.autograd.grad(expected.square().sum(),
+                                                   list(net.parameters()))):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert float(net.smooth.gamma) == 30.0
+    assert counter.frame_count == 1
+
+
 # ----------------------------------------------------------------------------- CUDA
 def _cuda_tol(dtype):
     # GPU exp/div are a few ulps off the CPU's; fp32 gets 1e-5, half types one storage ulp.
     return {"rtol": 1e-5, "atol": 1e-30} if dtype == torch.float32 else _tol(dtype)
+
+
+def _needs_triton(x):
+    if not kernels.fused(x):
+        pytest.skip("Triton kernels are off (HTAF_DISABLE_TRITON set or Triton missing)")
 
 
 @gpu
@@ -398,32 +443,34 @@ def _cuda_tol(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [0, 1, 1023, 1_000_003])
 def test_cuda_parity(dtype, n):
-    if not kernels.TRITON_ENABLED:
-        pytest.skip("Triton kernels are off (HTAF_DISABLE_TRITON set or Triton missing)")
     x = torch.cat([torch.tensor(SPECIAL), torch.randn(n) * 4]).to(dtype).cuda()
+    _needs_triton(x)
     g = torch.randn(x.shape).to(dtype).cuda()
     xc, gc = x.cpu(), g.cpu()
     tol = _cuda_tol(dtype)
-    torch.testing.assert_close(kernels.htaf_forward(x, 0.5, 4.0, 1.0).cpu(),
-                               ref.htaf_forward(xc, 0.5, 4.0, 1.0), equal_nan=True, **tol)
-    torch.testing.assert_close(kernels.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0).cpu(),
-                               ref.htaf_backward(gc, xc, 0.5, 4.0, 1.0, 2.0), equal_nan=True,
+    p = [t.cuda() for t in _p(0.5, 4.0, 1.0)]
+    torch.testing.assert_close(kernels.htaf_forward(x, p).cpu(), ref_forward(xc, 0.5, 4.0, 1.0),
+                               equal_nan=True, **tol)
+    torch.testing.assert_close(kernels.surrogate_backward(g, x, 0, p, 2.0).cpu(),
+                               ref_backward(gc, xc, "htaf", (0.5, 4.0, 1.0), 2.0), equal_nan=True,
                                **tol)
     for signed in (False, True):
-        y = kernels.step_forward(x, signed).cpu()
-        assert torch.equal(y.nan_to_num(7.0), ref.step_forward(xc, signed).nan_to_num(7.0))
+        y = kernels.step(x, signed).cpu()
+        assert torch.equal(y.nan_to_num(7.0), ref_step(xc, signed).nan_to_num(7.0))
 
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("kind", BASELINES)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_baseline_parity(kind, dtype):
-    x = _baseline_inputs(dtype, 100_003).cuda()
+def test_cuda_surrogate_parity(kind, dtype):
+    x = _kind_inputs(dtype, 100_003).cuda()
+    _needs_triton(x)
     g = torch.randn(x.shape).to(dtype).cuda()
-    for _, value in _baseline_params(kind):
-        out = kernels.surrogate_backward(g, x, kind, value, 2.0).cpu()
-        expected = baselines.reference_backward(g.cpu(), x.cpu(), kind, value, 2.0)
+    kid = get_surrogate(kind).kernel_id
+    for params in _kind_params(kind):
+        out = kernels.surrogate_backward(g, x, kid, [t.cuda() for t in _p(*params)], 2.0).cpu()
+        expected = ref_backward(g.cpu(), x.cpu(), kind, params, 2.0)
         torch.testing.assert_close(out, expected, equal_nan=True, **_cuda_tol(dtype))
 
 
@@ -432,9 +479,10 @@ def test_cuda_baseline_parity(kind, dtype):
 @pytest.mark.parametrize("layout", list(_layouts(torch.float32)))
 def test_cuda_non_contiguous(layout):
     x = _layouts(torch.bfloat16)[layout].cuda()
-    y = kernels.htaf_forward(x, 0.5, 4.0, 1.0)
+    _needs_triton(x)
+    y = kernels.htaf_forward(x, [t.cuda() for t in _p(0.5, 4.0, 1.0)])
     assert y.stride() == torch.empty_like(x).stride()
-    torch.testing.assert_close(y.cpu(), ref.htaf_forward(x.cpu(), 0.5, 4.0, 1.0),
+    torch.testing.assert_close(y.cpu(), ref_forward(x.cpu(), 0.5, 4.0, 1.0),
                                **_cuda_tol(torch.bfloat16))
 
 
@@ -446,57 +494,60 @@ def test_cuda_more_than_2_31_elements():
     if torch.cuda.mem_get_info()[0] < 3 * 2 * n + 2**30:
         pytest.skip("not enough free GPU memory for three 4 GiB tensors")
     x = torch.empty(n, dtype=torch.float16, device="cuda")
+    _needs_triton(x)
     x[:2**20].normal_().mul_(4)
     x[-2**20:].normal_().mul_(4)
     x[2**20:-2**20].fill_(1.5)
-    y = kernels.htaf_forward(x, 0.5, 4.0, 1.0)
+    p = [t.cuda() for t in _p(0.5, 4.0, 1.0)]
+    y = kernels.htaf_forward(x, p)
     for part in (slice(0, 2**20), slice(n - 2**20, n), slice(n // 2, n // 2 + 4)):
-        torch.testing.assert_close(y[part].cpu(), ref.htaf_forward(x[part].cpu(), 0.5, 4.0, 1.0),
+        torch.testing.assert_close(y[part].cpu(), ref_forward(x[part].cpu(), 0.5, 4.0, 1.0),
                                    **_cuda_tol(torch.float16))
     del y
-    d = kernels.htaf_backward(x, x, 0.5, 4.0, 1.0, 1.0)
+    d = kernels.surrogate_backward(x, x, 0, p, 1.0)
     tail = slice(n - 2**20, n)
-    torch.testing.assert_close(d[tail].cpu(), ref.htaf_backward(x[tail].cpu(), x[tail].cpu(),
-                                                                0.5, 4.0, 1.0, 1.0),
+    torch.testing.assert_close(d[tail].cpu(), ref_backward(x[tail].cpu(), x[tail].cpu(), "htaf",
+                                                           (0.5, 4.0, 1.0)),
                                **_cuda_tol(torch.float16))
     del d
-    s = kernels.step_forward(x, True)
-    assert torch.equal(s[tail].cpu(), ref.step_forward(x[tail].cpu(), True))
+    s = kernels.step(x, True)
+    assert torch.equal(s[tail].cpu(), ref_step(x[tail].cpu(), True))
 
 
 @gpu
 @needs_cuda
-def test_cuda_graph_capture():
-    x = torch.randn(1 << 16, device="cuda", requires_grad=True)
-    static_x = x.detach().clone()
-    g = torch.randn_like(static_x)
+def test_cuda_graph_capture_with_annealed_buffers():
+    """A captured graph reads the module's hyperparameter buffers at replay: annealing γ in place
+    between replays changes the result without a new capture."""
+    act = htaf.Heaviside("htaf").cuda()
+    static_x = torch.randn(1 << 16, device="cuda", requires_grad=True)
+    _needs_triton(static_x)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm up: compile the kernels outside the capture
-        kernels.htaf_forward(static_x, 0.5, 4.0, 1.0)
-        kernels.htaf_backward(g, static_x, 0.5, 4.0, 1.0, 1.0)
-        kernels.step_forward(static_x, True)
+        act(static_x).sum().backward()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    static_x.grad = None
     with torch.cuda.graph(graph):
-        y = kernels.htaf_forward(static_x, 0.5, 4.0, 1.0)
-        d = kernels.htaf_backward(g, static_x, 0.5, 4.0, 1.0, 1.0)
-        s = kernels.step_forward(static_x, True)
-    static_x.copy_(torch.randn_like(static_x) * 3)
+        y = act(static_x)
+        (gx,) = torch.autograd.grad(y.sum(), static_x)
+    with torch.no_grad():
+        static_x.copy_(torch.randn_like(static_x) * 3)
+    act.gamma = 5.0
     graph.replay()
     torch.cuda.synchronize()
-    xc = static_x.cpu()
-    torch.testing.assert_close(y.cpu(), ref.htaf_forward(xc, 0.5, 4.0, 1.0), rtol=1e-5, atol=0)
-    torch.testing.assert_close(d.cpu(), ref.htaf_backward(g.cpu(), xc, 0.5, 4.0, 1.0),
-                               rtol=1e-5, atol=0)
-    assert torch.equal(s.cpu(), ref.step_forward(xc, True))
+    xc = static_x.detach().cpu()
+    assert torch.equal(y.detach().cpu(), ref_step(xc, False))
+    torch.testing.assert_close(gx.cpu(), ref_backward(torch.ones_like(xc), xc, "htaf",
+                                                      (0.5, 4.0, 5.0)), rtol=1e-5, atol=0)
 
 
 @gpu
 @needs_cuda
 def test_cuda_autocast_bf16():
     lin = torch.nn.Linear(64, 64).cuda()
-    act = htaf.HTAF()
+    act = htaf.HTAF().cuda()
     x = torch.randn(128, 64, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         h = lin(x)
@@ -504,9 +555,9 @@ def test_cuda_autocast_bf16():
         y = act(h)
     assert h.dtype == y.dtype == torch.bfloat16
     y.float().sum().backward()
-    torch.testing.assert_close(y.cpu(), ref.htaf_forward(h.detach().cpu(), 0.5, 4.0, 1.0),
+    torch.testing.assert_close(y.cpu(), ref_forward(h.detach().cpu(), 0.5, 4.0, 1.0),
                                **_cuda_tol(torch.bfloat16))
-    expected = ref.htaf_backward(torch.ones_like(h).cpu(), h.detach().cpu(), 0.5, 4.0, 1.0)
+    expected = ref_backward(torch.ones_like(h).cpu(), h.detach().cpu(), "htaf", (0.5, 4.0, 1.0))
     torch.testing.assert_close(h.grad.cpu(), expected, **_cuda_tol(torch.bfloat16))
     assert torch.isfinite(lin.weight.grad).all()
 
@@ -528,8 +579,8 @@ def test_cuda_torch_compile_matches_eager():
 
 # ----------------------------------------------------------------------------- benchmark
 def test_benchmark_smoke_run_on_cpu(tmp_path, capsys):
-    """The benchmark script runs end to end (reference path on the CPU, no JSON unless asked)
-    and reports the fused ops saving exactly the input for backward, the plain formula more."""
+    """The benchmark script runs end to end (no JSON unless asked) and reports the fused ops
+    saving exactly the input for backward, the plain formula more."""
     if torch.cuda.is_available():
         pytest.skip("on a GPU the benchmark is run for real, not smoke-tested")
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_activation.py"
@@ -551,42 +602,9 @@ def test_benchmark_smoke_run_on_cpu(tmp_path, capsys):
 
 def test_interpreted_copies_do_not_leak(interpreted):
     """The fixture's interpreted modules stay private: the package keeps its real kernels."""
-    import htaf.kernels.triton_activation as real
+    import htaf.kernels.triton_elementwise as real
 
-    assert real is not interpreted[0] and kernels.triton_activation is real
-    assert type(interpreted[0]._htaf_fwd_kernel).__name__ == "InterpretedFunction"
+    assert real is not interpreted[1]
+    assert type(interpreted[1]._htaf_fwd_kernel).__name__ == "InterpretedFunction"
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert type(real._htaf_fwd_kernel).__name__ == "JITFunction"
-
-
-@pytest.mark.parametrize("capability, triton_used", [((6, 0), False), ((7, 5), True)])
-def test_gpus_too_old_for_triton_use_the_reference(monkeypatch, capability, triton_used):
-    """A P100 (sm_60) is below what Triton compiles for: the CUDA ops must fall back to the
-    reference there instead of failing in the Triton compiler."""
-    pytest.importorskip("triton")
-    from htaf.kernels import triton_activation as ta
-    from htaf.kernels import triton_baselines as tbl
-
-    used = []
-
-    def fake(name):
-        def launcher(*args, **kw):
-            used.append(name)
-            return torch.zeros(())
-        return launcher
-
-    monkeypatch.setattr(ta, "_CAPABLE", {}, raising=False)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
-    for name in ("triton_htaf_forward", "triton_htaf_backward", "triton_step"):
-        monkeypatch.setattr(ta, name, fake(name))
-    monkeypatch.setattr(tbl, "triton_surrogate_backward", fake("surrogate"))
-    x, g = _randn(33, torch.float32), _randn(33, torch.float32, 1.0)
-    outs = [ta._cuda_forward(x, 0.5, 4.0, 1.0), ta._cuda_backward(g, x, 0.5, 4.0, 1.0, 1.0),
-            ta._cuda_step(x, True), tbl._cuda_surrogate_backward(g, x, "atan", 2.0, 1.0)]
-    if triton_used:
-        assert used == ["triton_htaf_forward", "triton_htaf_backward", "triton_step", "surrogate"]
-    else:
-        assert used == []
-        assert torch.equal(outs[0], ref.htaf_forward(x, 0.5, 4.0, 1.0))
-        assert torch.equal(outs[2], ref.step_forward(x, True))

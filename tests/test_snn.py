@@ -42,12 +42,33 @@ def test_equations_hand_computed(node, spikes, v_last):
 
 def test_threshold_is_inclusive_and_aliases():
     assert _run(LIF(step_mode="m"), [2.0])[0] == [1.0]  # H = 1.0 = V_th fires (1[x ≥ 0])
-    a, b = LIF(3.0, 0.5, None, False), LIFNode(3.0, False, 0.5, None)
-    assert (a.tau, a.v_threshold, a.v_reset, a.decay_input) == (
-        b.tau, b.v_threshold, b.v_reset, b.decay_input)
-    assert IF is IFNode and issubclass(PLIF, ParametricLIFNode)
+    assert IF is IFNode and LIF is LIFNode and PLIF is ParametricLIFNode
     assert LIFNode().surrogate == get_surrogate("htaf")
-    assert LIFNode(surrogate_function="atan").surrogate_function == get_surrogate("atan")
+    assert LIFNode(surrogate_function="atan").surrogate == get_surrogate("atan")
+
+
+def test_only_tau_is_positional():
+    """``LIFNode(2.0, 0.5)`` meant decay_input=0.5 in SpikingJelly's order and v_threshold=0.5 in
+    the old ``LIF`` alias: everything after tau is keyword-only, so both are errors."""
+    for cls in (LIFNode, LIF, ParametricLIFNode, PLIF):
+        with pytest.raises(TypeError, match="positional"):
+            cls(2.0, 0.5)
+    with pytest.raises(TypeError, match="positional"):
+        IFNode(0.5)
+    a = LIF(3.0, v_threshold=0.5, v_reset=None, decay_input=False)
+    assert (a.tau, a.v_threshold, a.v_reset, a.decay_input) == (3.0, 0.5, None, False)
+
+
+def test_snn_options_keep_spikingjelly_names():
+    """snnTorch's ``beta`` (membrane decay) is not silently read as HTAF's β; surrogate
+    hyperparameters go in act_params; smooth 'htaf' is refused."""
+    with pytest.raises(ValueError, match="unknown option.*beta.*act_params.*tau"):
+        create_model("snn_mlp", beta=0.9)
+    with pytest.raises(ValueError, match="'htaf' is smooth.*SNN.*htaf_st"):
+        create_model("snn_mlp", activation="htaf")
+    model = create_model("snn_mlp", activation="atan", act_params={"alpha": 3.0}, tau=4.0)
+    neuron = next(m for m in model.modules() if isinstance(m, LIFNode))
+    assert neuron.tau == 4.0 and neuron.surrogate == get_surrogate("atan", alpha=3.0)
 
 
 NODES = [
@@ -146,8 +167,8 @@ def test_bad_shapes():
     ("snn_vgg", {"width": 4, "depth": 4}),
     ("snn_vgg", {"width": 4, "depth": 2, "activation": "relu"}),
     ("snn_sew_resnet", {"width": 4, "neuron": "plif", "encoding": "rate", "activation": "atan"}),
-    ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf",
-                        "beta": 8.0}),
+    ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf_st",
+                        "act_params": {"beta": 8.0}}),
     ("snn_vgg", {"width": 4, "depth": 2, "activation": "sigmoid", "act_params": {"alpha": 2.0}}),
 ])
 def test_cnn_models_shapes_and_grads(name, kw):
@@ -159,10 +180,9 @@ def test_cnn_models_shapes_and_grads(name, kw):
     assert all(p.grad is not None for p in model.parameters())
     neurons = [m for m in model.modules() if isinstance(m, LIFNode | IFNode | ParametricLIFNode)]
     assert bool(neurons) == (kw.get("activation") != "relu")
-    if "beta" in kw:
-        assert neurons[0].surrogate.beta == 8.0
     if "act_params" in kw:
-        assert neurons[0].surrogate == get_surrogate("sigmoid", alpha=2.0)
+        assert neurons[0].surrogate == get_surrogate(kw["activation"].replace("_st", ""),
+                                                     **kw["act_params"])
 
 
 def test_rate_encoding_is_binary_and_random():
@@ -189,7 +209,7 @@ def test_spiking_mlp_learns_digits():
     perm = torch.randperm(len(x))
     tr, te = perm[:1400], perm[1400:]
     model = create_model("snn_mlp", in_channels=1, image_size=8, num_classes=10, T=4,
-                         width=128, depth=1, activation="htaf")
+                         width=128, depth=1, activation="htaf_st")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(6):
         model.train()

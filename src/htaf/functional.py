@@ -1,4 +1,4 @@
-r"""HTAF and binary steps as plain functions: the math and the mode switch.
+r"""HTAF and binary steps as plain functions.
 
 * :func:`htaf` — smooth: forward HTAF(x) = σ(α·x + β·tanh(γ·x)), backward HTAF'(x).
 * :func:`heaviside` — straight-through: forward exactly 1[x ≥ 0], backward a surrogate's derivative.
@@ -6,44 +6,19 @@ r"""HTAF and binary steps as plain functions: the math and the mode switch.
   derivative of a step surrogate (HTAF: 2·HTAF'(x)).
 * :func:`binarize` — all of the above, and the hard (no-gradient) step, behind one ``mode`` switch.
 
-Every backward saves only the input and recomputes the derivative. On CUDA the work runs in fused
-Triton kernels (``htaf.kernels``); everywhere else in the PyTorch reference.
+Every backward saves only the input and recomputes the derivative, in one fused kernel where one
+serves the device (Triton on CUDA, native code on the CPU) and in the surrogate's PyTorch formula
+elsewhere (:mod:`htaf.surrogates`). Hyperparameters may be numbers or 0-d tensors.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import kernels
 from ._checks import check_choice
-from .surrogates import HTAFSurrogate, Surrogate, get_surrogate
+from .surrogates import MODES, HTAFSurrogate, Surrogate, get_surrogate
 
 __all__ = ["MODES", "binarize", "heaviside", "htaf", "htaf_derivative", "sign"]
-
-MODES = ("smooth", "hard", "straight_through")
-
-
-class _Binarize(torch.autograd.Function):
-    """Forward: the exact step/sign (``smooth=False``) or the surrogate's smooth form; backward:
-    the surrogate's derivative, scaled for a step or a sign. Saves only ``x``."""
-
-    @staticmethod
-    def forward(x, surrogate, signed, smooth):
-        if smooth:
-            return surrogate.smooth(x, signed)
-        return kernels.step_forward(x, signed)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, surrogate, signed, _ = inputs
-        ctx.save_for_backward(x)
-        ctx.surrogate = surrogate
-        ctx.signed = signed
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return ctx.surrogate.backward(grad, x, ctx.signed), None, None, None
 
 
 def _check_tensor(x) -> None:
@@ -64,9 +39,15 @@ def binarize(x: torch.Tensor, surrogate: str | Surrogate = "htaf", *, mode: str 
     _check_tensor(x)
     check_choice("mode", mode, MODES)
     s = get_surrogate(surrogate, **params)   # validated in every mode: a typo fails at once
-    if mode == "hard":
-        return kernels.step_forward(x.detach(), signed)
-    return _Binarize.apply(x, s, signed, mode == "smooth")
+    return s.apply(x, mode, signed)
+
+
+def _htaf_params(alpha, beta, gamma):
+    """``(surrogate, params)``: numbers are validated; tensors (e.g. buffers) are used as they are."""
+    if any(isinstance(p, torch.Tensor) for p in (alpha, beta, gamma)):
+        return HTAFSurrogate(), (alpha, beta, gamma)
+    s = HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma)
+    return s, s.params
 
 
 def htaf(x: torch.Tensor, alpha: float = 0.5, beta: float = 4.0, gamma: float = 1.0) -> torch.Tensor:
@@ -78,15 +59,18 @@ def htaf(x: torch.Tensor, alpha: float = 0.5, beta: float = 4.0, gamma: float = 
         beta: jump strength (≥ 0): logit gap of the central transition.
         gamma: sharpness (> 0): the central transition is about 1/γ wide.
     """
-    return binarize(x, HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma), mode="smooth")
+    _check_tensor(x)
+    s, params = _htaf_params(alpha, beta, gamma)
+    return s.apply(x, "smooth", params=params)
 
 
 def htaf_derivative(x: torch.Tensor, alpha: float = 0.5, beta: float = 4.0,
                     gamma: float = 1.0) -> torch.Tensor:
     r"""HTAF'(x) = HTAF·(1 − HTAF)·(α + β·γ·sech²(γ·x)), elementwise, no autograd graph."""
     _check_tensor(x)
-    s = HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma)
-    return kernels.htaf_backward(torch.ones_like(x), x.detach(), s.alpha, s.beta, s.gamma, 1.0)
+    s, params = _htaf_params(alpha, beta, gamma)
+    x = x.detach()
+    return s.backward(torch.ones_like(x), x, params=params)
 
 
 def heaviside(x: torch.Tensor, surrogate: str | Surrogate = "htaf", **params) -> torch.Tensor:

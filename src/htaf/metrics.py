@@ -1,8 +1,9 @@
 """Evaluation metrics shared by the engine and ``htaf compare``: accuracy and loss in a given
 activation mode, and the fraction of dead binary units.
 
-A hidden binary unit is *dead* when its output (the output of a :class:`~htaf.nn.BinaryActivation`)
-never changes over the evaluation set: always 0 or always 1 (always −1 or +1 for signs). A unit is
+A hidden binary unit is *dead* when its output (the output of a :class:`~htaf.nn.BinaryActivation`
+or a spiking neuron, :func:`binary_units_of`) never changes over the evaluation set: always 0 or
+always 1 (always −1 or +1 for signs). A unit is
 a channel for conv-shaped outputs (``[B, C, ...]``: dim 1, all positions pooled) and a feature for
 linear outputs (``[B, F]``); a module called several times per forward (the time steps of a
 spiking net) pools its calls of the same shape. Dead units carry no information, so their
@@ -21,13 +22,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import BinaryActivation, using_mode
+from .nn import BaseNode, BinaryActivation, BinaryLayer, using_mode
 
-__all__ = ["evaluate", "dead_unit_fraction", "binary_units", "has_binary_units"]
+__all__ = ["evaluate", "dead_unit_fraction", "binary_units", "binary_units_of", "has_binary_units"]
+
+
+def binary_units_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module whose output is a layer of binary units: the binary
+    activations (binary layers' input quantizers included) and the spiking neurons. Not the weight
+    quantizers of binary layers (their outputs are weights) nor a neuron's spike function (the
+    neuron's output is the same spikes, whichever kernel computes them)."""
+    inner = set()
+    for m in model.modules():
+        if isinstance(m, BinaryLayer) and m.weight_quantizer is not None:
+            inner.add(m.weight_quantizer)
+        if isinstance(m, BaseNode):
+            inner.add(m.surrogate_function)
+    return [(name, m) for name, m in model.named_modules()
+            if (isinstance(m, BinaryActivation) and m not in inner) or isinstance(m, BaseNode)]
 
 
 def has_binary_units(model: nn.Module) -> bool:
-    return any(isinstance(m, BinaryActivation) for m in model.modules())
+    return bool(binary_units_of(model))
 
 
 def _distributed() -> bool:
@@ -40,30 +56,13 @@ class _UnitRange:
     def __init__(self, model: nn.Module):
         self.lo: dict[str, torch.Tensor] = {}
         self.hi: dict[str, torch.Tensor] = {}
-        self.handles = []
-        # Binary layers (htaf.nn.BinaryLinear/BinaryConv2d) binarize their input with a plain
-        # sign in hard mode and under no_grad, without calling their quantizer module: record
-        # what ``quantize_input`` gives, from a pre-hook on the layer, instead.
-        quantizers = set()
-        for name, m in model.named_modules():
-            q = getattr(m, "input_quantizer", None)
-            if isinstance(q, BinaryActivation) and callable(getattr(m, "quantize_input", None)):
-                quantizers.add(q)
-                self.handles.append(m.register_forward_pre_hook(
-                    self._pre_hook(self._hook(f"{name}.input_quantizer".lstrip(".")))))
-        self.handles += [m.register_forward_hook(self._hook(name))
-                         for name, m in model.named_modules()
-                         if isinstance(m, BinaryActivation) and m not in quantizers]
+        self.handles = [m.register_forward_hook(self._hook(name, isinstance(m, BaseNode)))
+                        for name, m in binary_units_of(model)]
 
-    @staticmethod
-    def _pre_hook(record):
-        def pre_hook(layer, inputs):
-            if inputs and isinstance(inputs[0], torch.Tensor):
-                record(layer, inputs, layer.quantize_input(inputs[0]))
-        return pre_hook
-
-    def _hook(self, name):
+    def _hook(self, name, neuron: bool):
         def hook(module, inputs, out):
+            if neuron and module.step_mode == "m" and isinstance(out, torch.Tensor):
+                out = out.flatten(0, 1)         # [T, B, units...] → [T·B, units...]
             if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] == 0:
                 return
             flat = out.detach().transpose(0, 1).reshape(out.shape[1], -1).float()

@@ -19,7 +19,7 @@ def gradient_mass_table(surrogates=None) -> list[dict]:
     rows = []
     for s in _resolve(surrogates):
         x = torch.tensor(_POINTS, dtype=torch.float64)
-        d = s.derivative(x) * s.grad_scale(signed=False)
+        d = s.grad(x) * s.grad_scale(signed=False)
         edge = torch.tensor([-0.5, 0.5], dtype=torch.float64)
         g = s.smooth(edge, signed=False)
         row = {"surrogate": s.name, "params": s.hyperparameters(), "mass_|x|<0.5": float(g[1] - g[0])}
@@ -61,8 +61,8 @@ def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
                  "color": "black" if is_htaf else colors[(2 * i) % 20 + (i // 10) % 2],
                  "ls": "-" if is_htaf or i % 2 else "--", "label": "HTAF" if is_htaf else s.name}
         axes[0].plot(x, s.smooth(x), **style)
-        axes[1].plot(x, s.derivative(x) * s.grad_scale(False), **style)
-        dt = (s.derivative(xt) * s.grad_scale(False)).clamp_min(1e-30)
+        axes[1].plot(x, s.grad(x) * s.grad_scale(False), **style)
+        dt = (s.grad(xt) * s.grad_scale(False)).clamp_min(1e-30)
         axes[2].semilogy(xt, dt, **style)
     axes[0].set_title("smooth form g(x) (step-native, g(0) = ½)")
     axes[1].set_title("surrogate derivative g'(x)")

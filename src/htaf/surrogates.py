@@ -1,83 +1,91 @@
-r"""Surrogate derivatives: HTAF and the baselines the peers use, behind one registry.
+r"""Surrogate gradients: HTAF and the baselines the peers use, one small frozen dataclass each.
 
 A surrogate stands in for the derivative of a step. The forward pass of a straight-through layer
 is always the exact step (1[x ≥ 0] or sign(x)); the backward pass multiplies the incoming gradient
-by the surrogate's ``derivative(x)``. ``primitive(x)`` is the smooth function whose derivative that
-is (anchored so that it equals ½ at x = 0 for step-native surrogates): the forward of *smooth*
-mode, and what ``htaf plot`` draws.
+by the surrogate's derivative. Each class is the single definition of its surrogate:
+
+* ``derivative(x, *hyperparameters)`` — the formula of g'(x), in PyTorch. It is the reference every
+  fused kernel (Triton on CUDA, native code on the CPU) is tested against, and the path that runs
+  where no fused kernel does.
+* ``primitive(x, *hyperparameters)`` — the smooth g(x) whose derivative that is (½ at x = 0 for
+  step-native surrogates): the forward of *smooth* mode, and what ``htaf plot`` draws.
+* ``kernel_id`` — the name of its kernel form: the fused kernels compute the same formula from the
+  same raw hyperparameters, selected by this id (``htaf.kernels.triton_surrogates``).
+
+The formulas are static functions of ``x`` and the hyperparameters, which may be Python numbers or
+0-d tensors: modules keep them in buffers (:class:`htaf.nn.Heaviside`), so an annealed value is
+state that ``state_dict()`` saves and ``torch.compile`` reads as a tensor.
 
 Each surrogate is native to a step ({0, 1}) or to a sign ({−1, +1}); used for the other, its
 derivative is scaled by 2 or ½ (sign = 2·step − 1). ``ste`` passes the gradient through unchanged
 in both, as Larq's ``ste_sign`` and snnTorch's ``STE`` do.
 
->>> s = get_surrogate("atan", alpha=2.0)
+>>> s = get_surrogate("atan", alpha=2.0)         # ATan(alpha=2.0)
 >>> spikes = s(torch.randn(8, requires_grad=True))   # heaviside forward, atan backward
 
-Register your own by subclassing :class:`Surrogate` and decorating it with
-``@register_surrogate("name")``; give it ``params`` and ``derivative`` (and ``primitive`` to allow
-smooth mode and plotting).
+Register your own: a frozen dataclass subclassing :class:`Surrogate` with its hyperparameters as
+fields (:func:`hyperparameter`), ``derivative`` (and ``primitive`` for smooth mode and plotting),
+decorated with ``@register_surrogate("name")``. It runs on the PyTorch path.
+
+:func:`resolve_activation` turns the activation names used across the library (``"htaf"``,
+``"htaf_st"``, a surrogate name, ``"relu"``) into an explicit surrogate and mode, the same
+everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from . import kernels
 from ._checks import check_real
-from .kernels.reference import compute_dtype
 
 __all__ = [
-    "STE",
-    "ATan",
-    "ApproxSign",
-    "Erf",
-    "FastSigmoid",
-    "HTAFSurrogate",
-    "Param",
-    "PiecewiseExp",
-    "PiecewiseQuadratic",
-    "Rect",
-    "Sigmoid",
-    "SuperSpike",
-    "Surrogate",
-    "SwishSign",
-    "Triangle",
-    "get_surrogate",
-    "list_surrogates",
-    "register_surrogate",
+    "STE", "ATan", "ActivationSpec", "ApproxSign", "Erf", "FastSigmoid", "HTAFSurrogate",
+    "MODES", "PiecewiseExp", "PiecewiseQuadratic", "Rect", "Sigmoid", "SuperSpike", "Surrogate",
+    "SwishSign", "Triangle", "compute_dtype", "get_surrogate", "hyperparameter", "list_surrogates",
+    "register_surrogate", "resolve_activation",
 ]
 
-
-@dataclass(frozen=True)
-class Param:
-    """A surrogate hyperparameter: its name, default and lower bound (``low`` < value, or ≤ when
-    ``inclusive``). ``allow_inf`` lets ``math.inf`` through (e.g. an unclipped STE)."""
-
-    name: str
-    default: float
-    low: float = 0.0
-    inclusive: bool = False
-    allow_inf: bool = False
-
+#: How a binary activation runs: ``smooth`` (forward g(x), backward g'(x)), ``hard`` (forward the
+#: exact step, no gradient) or ``straight_through`` (forward the exact step, backward g'(x)).
+MODES = ("smooth", "hard", "straight_through")
 
 _REGISTRY: dict[str, type[Surrogate]] = {}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _key(name: str) -> str:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float32 for half types, the input dtype otherwise."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def normalize_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
+
+
+def hyperparameter(default: float, *, low: float = 0.0, inclusive: bool = False,
+                   allow_inf: bool = False):
+    """A surrogate field: its default and lower bound (``low`` < value, or ≤ when ``inclusive``);
+    ``allow_inf`` lets ``math.inf`` through (an unclipped STE)."""
+    return field(default=default,
+                 metadata={"low": low, "inclusive": inclusive, "allow_inf": allow_inf})
 
 
 def register_surrogate(name: str, *, override: bool = False):
     """Class decorator adding a :class:`Surrogate` subclass to the registry under ``name``."""
 
     def deco(cls: type[Surrogate]) -> type[Surrogate]:
-        key = _key(name)
+        key = normalize_name(name)
         if not (isinstance(cls, type) and issubclass(cls, Surrogate)):
             raise TypeError(f"register_surrogate({name!r}) needs a Surrogate subclass, got {cls!r}")
+        if "__dataclass_fields__" not in cls.__dict__:
+            raise TypeError(f"register_surrogate({name!r}): {cls.__name__} must be a "
+                            f"@dataclass(frozen=True) whose fields are its hyperparameters")
         if key in _REGISTRY and not override:
             raise ValueError(f"surrogate {name!r} is already registered (pass override=True)")
         cls.name = key
@@ -104,72 +112,77 @@ def get_surrogate(surrogate: str | Surrogate | type[Surrogate] = "htaf", **param
         return surrogate(**params)
     if not isinstance(surrogate, str):
         raise ValueError(f"surrogate must be a name or a Surrogate, got {surrogate!r}")
-    key = _key(surrogate)
+    key = normalize_name(surrogate)
     if key not in _REGISTRY:
         raise ValueError(
             f"unknown surrogate {surrogate!r}; available: {', '.join(list_surrogates())}")
-    return _REGISTRY[key](**params)
+    cls = _REGISTRY[key]
+    unknown = set(params) - set(cls.param_names())
+    if unknown:
+        accepted = ", ".join(cls.param_names()) or "none"
+        raise ValueError(f"surrogate {key!r} got unknown parameter(s) "
+                         f"{', '.join(sorted(unknown))}; it accepts: {accepted}")
+    return cls(**params)
 
 
+Params = tuple  # hyperparameter values in field order: floats or 0-d tensors
+
+
+@dataclass(frozen=True)
 class Surrogate:
-    """Base class: a named, parameterised surrogate derivative of a step function.
-
-    Instances are immutable and hashable (so ``torch.compile`` can guard on them); change a
-    parameter with :meth:`replace`. Subclasses set ``params`` and implement ``derivative`` and
-    ``primitive`` in the *native* convention (``native = "step"`` or ``"sign"``).
-    """
+    """Base class of the surrogates: hyperparameters as dataclass fields, the math as static
+    functions of ``(x, *hyperparameters)`` in the *native* convention (``native`` = ``"step"``,
+    ``"sign"`` or ``"identity"``)."""
 
     name: ClassVar[str] = "surrogate"
     native: ClassVar[str] = "step"
-    params: ClassVar[tuple[Param, ...]] = ()
+    kernel_id: ClassVar[int | None] = None
 
-    def __init__(self, **kwargs):
-        known = {p.name for p in self.params}
-        unknown = set(kwargs) - known
-        if unknown:
-            accepted = ", ".join(sorted(known)) or "none"
-            raise ValueError(f"surrogate {self.name!r} got unknown parameter(s) "
-                             f"{', '.join(sorted(unknown))}; it accepts: {accepted}")
-        values = {}
-        for p in self.params:
-            v = kwargs.get(p.name, p.default)
-            values[p.name] = check_real(f"{self.name}.{p.name}", v, low=p.low,
-                                        strict=not p.inclusive, allow_inf=p.allow_inf)
-        object.__setattr__(self, "_values", values)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kernel_id" not in cls.__dict__:   # a subclass has its own formula: the PyTorch path
+            cls.kernel_id = None
 
-    def __getattr__(self, item):
-        values = self.__dict__.get("_values", {})
-        if item in values:
-            return values[item]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {item!r}")
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            low, strict = f.metadata.get("low", 0.0), not f.metadata.get("inclusive", False)
+            value = check_real(f"{self.name}.{f.name}", getattr(self, f.name), low=low,
+                               strict=strict, allow_inf=f.metadata.get("allow_inf", False))
+            object.__setattr__(self, f.name, value)
 
-    def __setattr__(self, key, value):
-        raise AttributeError(f"surrogates are immutable; use .replace({key}=...)")
-
-    def hyperparameters(self) -> dict[str, float]:
-        return dict(self._values)
-
-    def replace(self, **params) -> Surrogate:
-        return type(self)(**{**self._values, **params})
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other._values == self._values
-
-    def __hash__(self):
-        return hash((type(self), tuple(sorted(self._values.items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v:g}" for k, v in self._values.items())
-        return f"{type(self).__name__}({args})"
-
-    # -- the math, in the native convention ------------------------------------------------
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+    # -- the math (native convention); subclasses define these ------------------------------
+    @staticmethod
+    def derivative(x: torch.Tensor, *params) -> torch.Tensor:
         raise NotImplementedError
 
-    def primitive(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"surrogate {self.name!r} has no smooth form")
+    @staticmethod
+    def primitive(x: torch.Tensor, *params) -> torch.Tensor:
+        raise NotImplementedError("this surrogate has no smooth form")
 
-    # -- used by htaf.functional -----------------------------------------------------------
+    # -- values ------------------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def params(self) -> Params:
+        return tuple(getattr(self, n) for n in self.param_names())
+
+    def hyperparameters(self) -> dict[str, float]:
+        return dict(zip(self.param_names(), self.params))
+
+    def replace(self, **params) -> Surrogate:
+        return dataclasses.replace(self, **params)
+
+    def check(self, name: str, value) -> float:
+        """Validate a new value of hyperparameter ``name`` (raises ``ValueError`` naming it)."""
+        return getattr(self.replace(**{name: value}), name)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v:g}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- conventions ---------------------------------------------------------------------------
     def grad_scale(self, signed: bool) -> float:
         """Factor from the native derivative to the derivative of a step (``signed=False``) or
         a sign (``signed=True``)."""
@@ -178,78 +191,177 @@ class Surrogate:
         native_signed = self.native == "sign"
         return 1.0 if signed == native_signed else (2.0 if signed else 0.5)
 
-    def smooth(self, x: torch.Tensor, signed: bool = False) -> torch.Tensor:
-        """The smooth function of smooth mode: the primitive, mapped to [0, 1] or [−1, 1]."""
-        xf = x.to(compute_dtype(x.dtype))
-        y = self.primitive(xf)
-        if self.native == "sign" and not signed:
-            y = 0.5 * (y + 1.0)
-        elif self.native == "step" and signed:
-            y = 2.0 * y - 1.0
-        return y.to(x.dtype)
+    def grad(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """g'(x) with this instance's hyperparameters (or ``params``), in the compute dtype."""
+        params = self.params if params is None else params
+        return self.derivative(x.to(compute_dtype(x.dtype)), *params)
 
-    def backward(self, grad: torch.Tensor, x: torch.Tensor, signed: bool = False) -> torch.Tensor:
-        """``grad · derivative(x)``, scaled for a step or a sign output. The built-in baselines run
-        as one fused op (Triton on CUDA); subclasses and user surrogates use ``derivative``."""
-        if type(self) is _FUSED.get(self.name):
-            param = next(iter(self._values.values()), 0.0)
-            return kernels.surrogate_backward(grad, x, self.name, param, self.grad_scale(signed))
-        xf = x.to(compute_dtype(x.dtype))
-        d = self.derivative(xf) * self.grad_scale(signed)
-        return (grad.to(xf.dtype) * d).to(grad.dtype)
+    def smooth(self, x: torch.Tensor, signed: bool = False,
+               params: Params | None = None) -> torch.Tensor:
+        """The forward of smooth mode: the primitive, mapped to [0, 1] or [−1, 1]."""
+        params = self.params if params is None else params
+        if self.kernel_id == HTAFSurrogate.kernel_id and kernels.fused(x):
+            y = kernels.htaf_forward(x, _as_tensors(params, x))
+        else:
+            y = self.primitive(x.to(compute_dtype(x.dtype)), *params)
+            if self.native == "identity":
+                y = y if signed else y + 0.5
+                return y.to(x.dtype)
+            if self.native == "sign":
+                y = y if signed else 0.5 * (y + 1.0)
+                return y.to(x.dtype)
+        return (2.0 * y - 1.0 if signed else y).to(x.dtype)
+
+    def backward(self, grad: torch.Tensor, x: torch.Tensor, signed: bool = False,
+                 params: Params | None = None) -> torch.Tensor:
+        """``grad · derivative(x)``, scaled for a step or a sign output: one fused op where a
+        kernel serves this device and dtype, the PyTorch formula elsewhere."""
+        params = self.params if params is None else params
+        scale = self.grad_scale(signed)
+        if self.kernel_id is not None and kernels.fused(x) and grad.dtype == x.dtype:
+            return kernels.surrogate_backward(grad, x, self.kernel_id, _as_tensors(params, x),
+                                              scale)
+        d = self.grad(x, params)
+        return (grad.to(d.dtype) * (d * scale)).to(grad.dtype)
+
+    # -- application -----------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, mode: str = "straight_through", signed: bool = False,
+              params: Params | None = None) -> torch.Tensor:
+        """Apply this surrogate as a binary activation in ``mode`` (see :data:`MODES`):
+
+        * ``"straight_through"``: forward the exact step (sign if ``signed``), backward g'(x);
+        * ``"smooth"``: forward g(x) (mapped to [−1, 1] if ``signed``), backward g'(x);
+        * ``"hard"``: forward the exact step, no gradient.
+
+        ``params`` overrides the hyperparameters (e.g. a module's buffers). NaN gives NaN in
+        every mode; sign(0) = +1.
+        """
+        if mode == "hard":
+            return step(x.detach(), signed)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+        params = self.params if params is None else tuple(params)
+        return _BinaryFunction.apply(x, self, params, signed, mode == "smooth")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Straight-through Heaviside with this surrogate (snnTorch/SpikingJelly style)."""
-        from .functional import heaviside
+        return self.apply(x)
 
-        return heaviside(x, self)
+
+def step(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
+    """1[x ≥ 0] (``signed=False``) or sign(x) with sign(0) = +1; NaN stays NaN; no gradient.
+
+    One fused pass where a kernel serves ``x``; otherwise (and while exporting to ONNX) plain
+    PyTorch ops."""
+    if kernels.fused(x) and not torch.onnx.is_in_onnx_export():
+        return kernels.step(x, signed)
+    on = x >= 0
+    y = torch.where(on, 1.0, -1.0).to(x.dtype) if signed else on.to(x.dtype)
+    return torch.where(torch.isnan(x), x, y)
+
+
+def _as_tensors(params: Params, like: torch.Tensor) -> list[torch.Tensor]:
+    """Hyperparameters as 0-d float32 tensors on ``like``'s device (what the fused ops take)."""
+    return [p if isinstance(p, torch.Tensor) else _scalar(float(p), like.device) for p in params]
+
+
+_SCALARS: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A cached 0-d tensor (a Python-number hyperparameter, for a fused op)."""
+    key = (value, device)
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) > 4096:
+            _SCALARS.clear()
+        t = _SCALARS[key] = torch.tensor(value, dtype=torch.float32, device=device)
+    return t
+
+
+class _BinaryFunction(torch.autograd.Function):
+    """Forward: the exact step/sign, or the surrogate's smooth form; backward: the surrogate's
+    derivative scaled for a step or a sign. Saves only ``x`` (and tensor hyperparameters)."""
+
+    @staticmethod
+    def forward(x, surrogate, params, signed, smooth):
+        if smooth:
+            return surrogate.smooth(x, signed, params)
+        return step(x, signed)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, surrogate, params, signed, _ = inputs
+        tensors = [p for p in params if isinstance(p, torch.Tensor)]
+        ctx.save_for_backward(x, *tensors)
+        ctx.numbers = [None if isinstance(p, torch.Tensor) else p for p in params]
+        ctx.surrogate, ctx.signed = surrogate, signed
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        params = tuple(next(it) if p is None else p for p in ctx.numbers)
+        return ctx.surrogate.backward(grad, x, ctx.signed, params), None, None, None, None
+
+
+# ------------------------------------------------------------------------------ the surrogates
+
+def sech2(u: torch.Tensor) -> torch.Tensor:
+    """sech²(u) = 4t / (1 + t)², t = e^(−2|u|): no overflow, no cancellation in the tails."""
+    t = torch.exp(-2.0 * u.abs())
+    return 4.0 * t / (1.0 + t) ** 2
 
 
 @register_surrogate("htaf")
+@dataclass(frozen=True, repr=False)
 class HTAFSurrogate(Surrogate):
     r"""HTAF, the heavy-tailed sigmoid–tanh composite.
 
     HTAF(x) = σ(α·x + β·tanh(γ·x)),  HTAF'(x) = HTAF·(1 − HTAF)·(α + β·γ·sech²(γ·x)).
     β: jump strength (logit gap of the central transition); γ: sharpness (width ≈ 1/γ);
     α: tail slope (gradient decays like e^(−α|x|)). Defaults α = 0.5, β = 4, γ = 1
-    (slope at 0 is (α + βγ)/4 = 1.125). Fused kernels on CUDA.
+    (slope at 0 is (α + βγ)/4 = 1.125). σ(z)·σ(−z) is used for HTAF·(1 − HTAF): no cancellation
+    as HTAF → 1.
     """
 
-    params = (Param("alpha", 0.5), Param("beta", 4.0, inclusive=True), Param("gamma", 1.0))
+    alpha: float = hyperparameter(0.5)
+    beta: float = hyperparameter(4.0, inclusive=True)
+    gamma: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 0
 
-    def derivative(self, x):
-        return kernels.reference.htaf_derivative(x, self.alpha, self.beta, self.gamma)
+    @staticmethod
+    def derivative(x, alpha, beta, gamma):
+        z = alpha * x + beta * torch.tanh(gamma * x)
+        return torch.sigmoid(z) * torch.sigmoid(-z) * (alpha + beta * gamma * sech2(gamma * x))
 
-    def primitive(self, x):
-        return kernels.reference.htaf_forward(x, self.alpha, self.beta, self.gamma)
-
-    def smooth(self, x, signed=False):
-        y = kernels.htaf_forward(x, self.alpha, self.beta, self.gamma)
-        return 2.0 * y - 1.0 if signed else y
-
-    def backward(self, grad, x, signed=False):
-        return kernels.htaf_backward(grad, x, self.alpha, self.beta, self.gamma,
-                                     self.grad_scale(signed))
+    @staticmethod
+    def primitive(x, alpha, beta, gamma):
+        return torch.sigmoid(alpha * x + beta * torch.tanh(gamma * x))
 
 
 @register_surrogate("sigmoid")
+@dataclass(frozen=True, repr=False)
 class Sigmoid(Surrogate):
     r"""Sigmoid surrogate: g'(x) = α·σ(αx)·(1 − σ(αx)), g(x) = σ(αx).
 
     α = 4 is SpikingJelly's ``Sigmoid`` default; snnTorch's ``sigmoid`` uses slope 25.
     """
 
-    params = (Param("alpha", 4.0),)
+    alpha: float = hyperparameter(4.0)
+    kernel_id: ClassVar[int] = 1
 
-    def derivative(self, x):
-        s = torch.sigmoid(self.alpha * x)
-        return self.alpha * s * torch.sigmoid(-self.alpha * x)
+    @staticmethod
+    def derivative(x, alpha):
+        return alpha * torch.sigmoid(alpha * x) * torch.sigmoid(-alpha * x)
 
-    def primitive(self, x):
-        return torch.sigmoid(self.alpha * x)
+    @staticmethod
+    def primitive(x, alpha):
+        return torch.sigmoid(alpha * x)
 
 
 @register_surrogate("atan")
+@dataclass(frozen=True, repr=False)
 class ATan(Surrogate):
     r"""Arctangent surrogate: g'(x) = (α/2) / (1 + (π/2·α·x)²), g(x) = ½ + arctan(π/2·α·x)/π.
 
@@ -257,34 +369,42 @@ class ATan(Surrogate):
     (x⁻²) tail: heavier than HTAF's exponential one.
     """
 
-    params = (Param("alpha", 2.0),)
+    alpha: float = hyperparameter(2.0)
+    kernel_id: ClassVar[int] = 2
 
-    def derivative(self, x):
-        return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
+    @staticmethod
+    def derivative(x, alpha):
+        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
 
-    def primitive(self, x):
-        return 0.5 + torch.atan(math.pi / 2 * self.alpha * x) / math.pi
+    @staticmethod
+    def primitive(x, alpha):
+        return 0.5 + torch.atan(math.pi / 2 * alpha * x) / math.pi
 
 
 @register_surrogate("fast_sigmoid")
+@dataclass(frozen=True, repr=False)
 class FastSigmoid(Surrogate):
     r"""Fast-sigmoid surrogate (SuperSpike form): g'(x) = 1 / (1 + k·|x|)², g(x) = ½ + x/(1 + k|x|).
 
-    ``slope`` = k = 25 as in snnTorch ``fast_sigmoid``; Norse's ``SuperSpike`` is the same
-    shape with α = 100. Its mass is
-    2/k, not 1: it is a gradient shape, not an approximation of H. Polynomial tail.
+    ``slope`` = k = 25 as in snnTorch ``fast_sigmoid``; Norse's ``SuperSpike`` is the same shape
+    with α = 100. Its mass is 2/k, not 1: a gradient shape, not an approximation of H.
+    Polynomial tail.
     """
 
-    params = (Param("slope", 25.0),)
+    slope: float = hyperparameter(25.0)
+    kernel_id: ClassVar[int] = 3
 
-    def derivative(self, x):
-        return 1.0 / (1.0 + self.slope * x.abs()) ** 2
+    @staticmethod
+    def derivative(x, slope):
+        return 1.0 / (1.0 + slope * x.abs()) ** 2
 
-    def primitive(self, x):
-        return 0.5 + x / (1.0 + self.slope * x.abs())
+    @staticmethod
+    def primitive(x, slope):
+        return 0.5 + x / (1.0 + slope * x.abs())
 
 
 @register_surrogate("super_spike")
+@dataclass(frozen=True, repr=False)
 class SuperSpike(Surrogate):
     r"""SuperSpike surrogate: g'(x) = α / (1 + |x|)², g(x) = ½ + α·x/(1 + |x|).
 
@@ -292,68 +412,82 @@ class SuperSpike(Surrogate):
     inside the bracket, 1/(α|x| + 1)²: that is :class:`FastSigmoid` here. Polynomial tail.
     """
 
-    params = (Param("alpha", 1.0),)
+    alpha: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 4
 
-    def derivative(self, x):
-        return self.alpha / (1.0 + x.abs()) ** 2
+    @staticmethod
+    def derivative(x, alpha):
+        return alpha / (1.0 + x.abs()) ** 2
 
-    def primitive(self, x):
-        return 0.5 + self.alpha * x / (1.0 + x.abs())
+    @staticmethod
+    def primitive(x, alpha):
+        return 0.5 + alpha * x / (1.0 + x.abs())
 
 
 @register_surrogate("piecewise_quadratic")
+@dataclass(frozen=True, repr=False)
 class PiecewiseQuadratic(Surrogate):
     r"""Piecewise-quadratic surrogate: g'(x) = α − α²·|x| for |x| ≤ 1/α, else 0.
 
     g(x) = ½ + sign(x)·(α|x| − α²x²/2) inside, 0 or 1 outside. α = 1 as in SpikingJelly.
     """
 
-    params = (Param("alpha", 1.0),)
+    alpha: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 5
 
-    def derivative(self, x):
-        a = self.alpha
-        return torch.clamp(a - a * a * x.abs(), min=0.0)
+    @staticmethod
+    def derivative(x, alpha):
+        return torch.clamp(alpha - alpha * alpha * x.abs(), min=0.0)
 
-    def primitive(self, x):
-        a = self.alpha
-        ax = torch.clamp(x.abs(), max=1.0 / a)
-        return 0.5 + torch.sign(x) * (a * ax - 0.5 * a * a * ax * ax)
+    @staticmethod
+    def primitive(x, alpha):
+        ax = torch.clamp(x.abs(), max=1.0 / alpha)
+        return 0.5 + torch.sign(x) * (alpha * ax - 0.5 * alpha * alpha * ax * ax)
 
 
 @register_surrogate("piecewise_exp")
+@dataclass(frozen=True, repr=False)
 class PiecewiseExp(Surrogate):
     r"""Piecewise-exponential surrogate: g'(x) = (α/2)·e^(−α|x|), g(x) = ½ + sign(x)(1 − e^(−α|x|))/2.
 
-    α = 1 as in SpikingJelly ``PiecewiseExp``. Same exponential tail rate family as HTAF's α,
-    without HTAF's sharp centre.
+    α = 1 as in SpikingJelly ``PiecewiseExp``. HTAF's tail rate family (e^(−α|x|)), without
+    HTAF's sharp centre.
     """
 
-    params = (Param("alpha", 1.0),)
+    alpha: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 6
 
-    def derivative(self, x):
-        return (self.alpha / 2) * torch.exp(-self.alpha * x.abs())
+    @staticmethod
+    def derivative(x, alpha):
+        return (alpha / 2) * torch.exp(-alpha * x.abs())
 
-    def primitive(self, x):
-        return 0.5 + 0.5 * torch.sign(x) * (1.0 - torch.exp(-self.alpha * x.abs()))
+    @staticmethod
+    def primitive(x, alpha):
+        return 0.5 + 0.5 * torch.sign(x) * (1.0 - torch.exp(-alpha * x.abs()))
 
 
 @register_surrogate("erf")
+@dataclass(frozen=True, repr=False)
 class Erf(Surrogate):
     r"""Gaussian (erf) surrogate: g'(x) = (α/√π)·e^(−α²x²), g(x) = (1 + erf(αx))/2.
 
     α = 2 as in SpikingJelly ``Erf``. Gaussian tail: the lightest here.
     """
 
-    params = (Param("alpha", 2.0),)
+    alpha: float = hyperparameter(2.0)
+    kernel_id: ClassVar[int] = 7
 
-    def derivative(self, x):
-        return (self.alpha / math.sqrt(math.pi)) * torch.exp(-(self.alpha * x) ** 2)
+    @staticmethod
+    def derivative(x, alpha):
+        return (alpha / math.sqrt(math.pi)) * torch.exp(-(alpha * x) ** 2)
 
-    def primitive(self, x):
-        return 0.5 * (1.0 + torch.erf(self.alpha * x))
+    @staticmethod
+    def primitive(x, alpha):
+        return 0.5 * (1.0 + torch.erf(alpha * x))
 
 
 @register_surrogate("triangle")
+@dataclass(frozen=True, repr=False)
 class Triangle(Surrogate):
     r"""Triangle surrogate: g'(x) = α·max(0, 1 − |x|), g(x) = ½ + sign(x)·α·(u − u²/2), u = min(|x|, 1).
 
@@ -361,96 +495,194 @@ class Triangle(Surrogate):
     snnTorch's ``triangular`` is a different function (±threshold), not this one. Compact support.
     """
 
-    params = (Param("alpha", 1.0),)
+    alpha: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 8
 
-    def derivative(self, x):
-        return self.alpha * torch.clamp(1.0 - x.abs(), min=0.0)
+    @staticmethod
+    def derivative(x, alpha):
+        return alpha * torch.clamp(1.0 - x.abs(), min=0.0)
 
-    def primitive(self, x):
+    @staticmethod
+    def primitive(x, alpha):
         u = torch.clamp(x.abs(), max=1.0)
-        return 0.5 + torch.sign(x) * self.alpha * (u - 0.5 * u * u)
+        return 0.5 + torch.sign(x) * alpha * (u - 0.5 * u * u)
 
 
 @register_surrogate("rect")
+@dataclass(frozen=True, repr=False)
 class Rect(Surrogate):
     r"""Rectangular surrogate: g'(x) = α·1[|x| < 1/(2α)], g(x) = ½ + clamp(α·x, −½, ½).
 
-    ``alpha`` = 1 as in SpikingJelly ``Rect`` (the spec's "a"). Compact support.
+    ``alpha`` = 1 as in SpikingJelly ``Rect`` (the spec's "a"). Compact support; NaN gives 0
+    (the indicator of a NaN comparison is false).
     """
 
-    params = (Param("alpha", 1.0),)
+    alpha: float = hyperparameter(1.0)
+    kernel_id: ClassVar[int] = 9
 
-    def derivative(self, x):
-        return self.alpha * (x.abs() < 0.5 / self.alpha).to(x.dtype)
+    @staticmethod
+    def derivative(x, alpha):
+        return alpha * (x.abs() < 0.5 / alpha).to(x.dtype)
 
-    def primitive(self, x):
-        return 0.5 + torch.clamp(self.alpha * x, -0.5, 0.5)
+    @staticmethod
+    def primitive(x, alpha):
+        return 0.5 + torch.clamp(alpha * x, -0.5, 0.5)
 
 
 @register_surrogate("ste")
+@dataclass(frozen=True, repr=False)
 class STE(Surrogate):
     r"""Straight-through estimator: g'(x) = 1[|x| ≤ clip] (``clip=math.inf``: plain STE, g' = 1).
 
     Passes the gradient through unchanged for a step and for a sign alike, as Larq ``ste_sign``
-    (clip 1) and snnTorch ``STE`` do. g(x) = clamp(x, −clip, clip) (+½ for a step).
+    (clip 1) and snnTorch ``STE`` do. g(x) = clamp(x, −clip, clip) (+½ for a step). NaN gives 0.
     """
 
-    native = "identity"
-    params = (Param("clip", 1.0, allow_inf=True),)
+    native: ClassVar[str] = "identity"
+    clip: float = hyperparameter(1.0, allow_inf=True)
+    kernel_id: ClassVar[int] = 10
 
-    def derivative(self, x):
-        return (x.abs() <= self.clip).to(x.dtype)
+    @staticmethod
+    def derivative(x, clip):
+        return (x.abs() <= clip).to(x.dtype)
 
-    def primitive(self, x):
-        return torch.clamp(x, -self.clip, self.clip)
-
-    def smooth(self, x, signed=False):
-        xf = x.to(compute_dtype(x.dtype))
-        y = self.primitive(xf)
-        return (y if signed else y + 0.5).to(x.dtype)
+    @staticmethod
+    def primitive(x, clip):
+        return torch.clamp(x, -clip, clip)
 
 
 @register_surrogate("approx_sign")
+@dataclass(frozen=True, repr=False)
 class ApproxSign(Surrogate):
     r"""ApproxSign (Bi-Real Net, Larq ``approx_sign``), native to a sign:
     g'(x) = 2 − 2|x| for |x| ≤ 1, else 0;  g(x) = sign(x)·(2|x| − x²) inside, ±1 outside.
     """
 
-    native = "sign"
-    params = ()
+    native: ClassVar[str] = "sign"
+    kernel_id: ClassVar[int] = 11
 
-    def derivative(self, x):
+    @staticmethod
+    def derivative(x):
         return torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
 
-    def primitive(self, x):
+    @staticmethod
+    def primitive(x):
         u = torch.clamp(x.abs(), max=1.0)
         return torch.sign(x) * (2.0 * u - u * u)
 
 
 @register_surrogate("swish_sign")
+@dataclass(frozen=True, repr=False)
 class SwishSign(Surrogate):
     r"""SwishSign (BNN+, Larq ``swish_sign``), native to a sign:
     g(x) = 2σ(βx)·(1 + βx·(1 − σ(βx))) − 1,
     g'(x) = β·(2 − βx·tanh(βx/2)) / (1 + cosh(βx)).  β = 5.
+
+    Written with 2/(1 + cosh(βx)) = sech²(βx/2) (no overflow); where sech² underflows to 0 the
+    derivative is 0 (not βx·0 = NaN at ±inf).
     """
 
-    native = "sign"
-    params = (Param("beta", 5.0),)
+    native: ClassVar[str] = "sign"
+    beta: float = hyperparameter(5.0)
+    kernel_id: ClassVar[int] = 12
 
-    def derivative(self, x):
-        # 1 + cosh(bx) = 2·cosh²(bx/2); written as 2/(1+cosh) = sech²(bx/2) to avoid overflow.
-        # Where sech² underflows to 0 the derivative is 0 (not bx·0 = NaN at ±inf).
-        bx = self.beta * x
-        s2 = kernels.reference.sech2(bx / 2)
-        d = 0.5 * self.beta * (2.0 - bx * torch.tanh(bx / 2)) * s2
+    @staticmethod
+    def derivative(x, beta):
+        bx = beta * x
+        s2 = sech2(bx / 2)
+        d = 0.5 * beta * (2.0 - bx * torch.tanh(bx / 2)) * s2
         return torch.where(s2 == 0, torch.zeros_like(d), d)
 
-    def primitive(self, x):
-        bx = self.beta * x
-        s = torch.sigmoid(bx)
-        return 2.0 * s * (1.0 + bx * torch.sigmoid(-bx)) - 1.0
+    @staticmethod
+    def primitive(x, beta):
+        bx = beta * x
+        return 2.0 * torch.sigmoid(bx) * (1.0 + bx * torch.sigmoid(-bx)) - 1.0
 
 
-#: The built-in classes the fused ``surrogate_backward`` op implements (a class registered later
-#: under the same name, ``override=True``, has its own ``derivative`` and must not use the op).
-_FUSED: dict[str, type[Surrogate]] = {name: _REGISTRY[name] for name in kernels.FUSED_SURROGATES}
+# --------------------------------------------------------------------------------- the resolver
+
+#: Full-precision activations: the accuracy ceiling of every comparison.
+FULL_PRECISION = ("relu", "hardtanh", "identity")
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """An activation name resolved: ``surrogate`` and ``mode`` for a binary activation, or
+    ``full_precision`` (``"relu"``, ...) for the ceiling. ``name`` is the canonical name
+    (``"htaf"``, ``"htaf_st"``, ``"atan"``, ``"relu"``...)."""
+
+    name: str
+    surrogate: Surrogate | None = None
+    mode: str | None = None
+    full_precision: str | None = None
+
+    @property
+    def binary(self) -> bool:
+        return self.surrogate is not None
+
+    @property
+    def smooth(self) -> bool:
+        return self.mode == "smooth"
+
+    @property
+    def kind(self) -> str:
+        """``"htaf"``, ``"baseline"`` or ``"ceiling"`` (how comparisons group it)."""
+        if self.full_precision:
+            return "ceiling"
+        return "htaf" if self.surrogate.name == "htaf" else "baseline"
+
+
+#: The modes each model family can train (a spike or a sign of a BNN layer is always exact).
+FAMILY_MODES = {"dhn": ("smooth", "straight_through"), "icbm": ("smooth", "straight_through"),
+                "snn": ("straight_through",), "bnn": ("straight_through",)}
+
+
+def resolve_activation(activation: str | Surrogate | ActivationSpec = "htaf",
+                       params: dict | None = None, *, family: str | None = None) -> ActivationSpec:
+    """The one place an activation name means something; the same in every family:
+
+    * ``"relu"`` (``"hardtanh"``, ``"identity"``) — full precision, the ceiling;
+    * ``"htaf"`` — HTAF in **smooth** mode (evaluate hard: the step);
+    * ``"htaf_st"`` — HTAF **straight-through**: the exact step forward, HTAF' backward;
+    * any other surrogate name, or a :class:`Surrogate` — straight-through with that surrogate.
+
+    ``params`` are the surrogate's hyperparameters (``{"alpha": 2.0}``). ``family`` (``"dhn"``,
+    ``"icbm"``, ``"snn"``, ``"bnn"``) rejects a mode the family cannot run, naming both.
+    """
+    params = dict(params or {})
+    if isinstance(activation, ActivationSpec):
+        spec = activation
+        if params:
+            spec = dataclasses.replace(spec, surrogate=spec.surrogate.replace(**params))
+    elif isinstance(activation, Surrogate):
+        spec = ActivationSpec(activation.name, get_surrogate(activation, **params),
+                              "straight_through")
+    elif isinstance(activation, str):
+        key = normalize_name(activation)
+        if key in FULL_PRECISION:
+            if params:
+                raise ValueError(f"activation {activation!r} takes no parameters, got "
+                                 f"{sorted(params)}")
+            spec = ActivationSpec(key, full_precision=key)
+        elif key in ("htaf", "htaf_st"):
+            mode = "smooth" if key == "htaf" else "straight_through"
+            spec = ActivationSpec(key, get_surrogate("htaf", **params), mode)
+        elif key in _REGISTRY:
+            spec = ActivationSpec(key, get_surrogate(key, **params), "straight_through")
+        else:
+            raise ValueError(f"unknown activation {activation!r}; use relu, htaf (smooth), "
+                             f"htaf_st (straight-through) or a surrogate name "
+                             f"({', '.join(n for n in list_surrogates() if n != 'htaf')})")
+    else:
+        raise ValueError(f"activation must be a name or a Surrogate, got {activation!r}")
+    if family is not None:
+        if family not in FAMILY_MODES:
+            raise ValueError(f"family must be one of {', '.join(FAMILY_MODES)}, got {family!r}")
+        if spec.binary and spec.mode not in FAMILY_MODES[family]:
+            unit = "spikes" if family == "snn" else "signs"
+            article = "an" if family in ("snn", "icbm") else "a"
+            raise ValueError(
+                f"activation {spec.name!r} is {spec.mode} mode, which {article} {family.upper()} "
+                f"cannot train: its {unit} are exact steps; use 'htaf_st' (straight-through HTAF) "
+                f"or another surrogate name")
+    return spec

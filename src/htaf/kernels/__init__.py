@@ -1,39 +1,98 @@
-"""Kernels: the HTAF op family (``torch.ops.htaf.*``) and their PyTorch reference twins.
+"""Fused kernels for the surrogate ops, selected per device.
 
-``htaf.functional`` calls the ops through this module only. The reference implementation serves
-the CPU (and any device); on CUDA with Triton installed, fused Triton kernels are registered for
-the same ops, so the call sites do not change. Set ``HTAF_DISABLE_TRITON=1`` to force the
-reference everywhere (for debugging or comparison).
+The ops (:mod:`htaf.kernels.ops`, :mod:`htaf.kernels.lif`) are ``torch.library`` operators with
+one implementation per backend: Triton on CUDA (sm_70 and newer, float32/bfloat16/float16), native
+code on the CPU (compiled once per machine; every floating dtype). :func:`fused` says whether one
+serves a tensor; :mod:`htaf.surrogates` and :mod:`htaf.nn` call the ops only then, and run the
+surrogates' PyTorch formulas (the references) everywhere else. Set ``HTAF_DISABLE_TRITON=1`` or
+``HTAF_NO_NATIVE=1`` to force the references on CUDA or on the CPU.
 
-``surrogate_backward`` (``torch.ops.htaf.surrogate_backward``) is the same for the baseline
-surrogates listed in ``FUSED_SURROGATES``: their backward in one pass on CUDA.
+The Triton modules are imported on the first CUDA tensor, so ``import htaf`` stays light.
 """
 
 from __future__ import annotations
 
 import os
 
-from . import reference
-from .activation import backward as htaf_backward
-from .activation import forward as htaf_forward
-from .activation import step as step_forward
-from .baselines import FUSED_SURROGATES, surrogate_backward
+import torch
 
-__all__ = ["htaf_forward", "htaf_backward", "step_forward", "surrogate_backward",
-           "FUSED_SURROGATES", "reference", "TRITON_ENABLED"]
+from . import lif, ops
+from .lif import lif_multistep
 
+__all__ = ["fused", "htaf_forward", "surrogate_backward", "step", "lif_multistep", "ops", "lif"]
 
-def _triton_enabled() -> bool:
-    if os.environ.get("HTAF_DISABLE_TRITON", "").strip().lower() not in ("", "0", "false", "no"):
-        return False
-    try:
-        from . import triton_activation, triton_baselines
-    except ImportError:  # Triton not installed (CPU-only setups, macOS, Windows)
-        return False
-    triton_activation.register_cuda_kernels()
-    triton_baselines.register_cuda_kernels()
-    return True
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_state: dict[str, bool] = {}
+_capable: dict[int, bool] = {}
 
 
-#: Whether the fused Triton kernels serve ``torch.ops.htaf.*`` on CUDA in this process.
-TRITON_ENABLED: bool = _triton_enabled()
+def _disabled(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _triton_ready() -> bool:
+    if "triton" not in _state:
+        ok = False
+        if not _disabled("HTAF_DISABLE_TRITON"):
+            try:
+                from . import triton_elementwise, triton_lif
+            except ImportError:   # Triton not installed (CPU-only setups, macOS, Windows)
+                pass
+            else:
+                triton_elementwise.register_cuda_kernels()
+                triton_lif.register_cuda_kernels()
+                ok = True
+        _state["triton"] = ok
+    return _state["triton"]
+
+
+def _cuda_capable(device: torch.device) -> bool:
+    """sm_70 or newer (what Triton compiles for; PyTorch Inductor checks the same)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capable:
+        _capable[index] = tuple(torch.cuda.get_device_capability(index)) >= (7, 0)
+    return _capable[index]
+
+
+def _native_ready() -> bool:
+    if "native" not in _state:
+        ok = False
+        if not _disabled("HTAF_NO_NATIVE"):
+            try:
+                from . import cpu
+            except ImportError:
+                pass
+            else:
+                ok = cpu.register_cpu_kernels()
+        _state["native"] = ok
+    return _state["native"]
+
+
+@torch.compiler.assume_constant_result
+def _fused(device_type: str, device: torch.device, dtype: torch.dtype) -> bool:
+    if device_type == "cuda":
+        return dtype in TRITON_DTYPES and _triton_ready() and _cuda_capable(device)
+    if device_type == "cpu":
+        return dtype.is_floating_point and _native_ready()
+    return False
+
+
+def fused(t: torch.Tensor) -> bool:
+    """Whether a fused kernel serves ``t``'s device and dtype."""
+    return _fused(t.device.type, t.device, t.dtype)
+
+
+def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
+    """1[x ≥ 0] or sign(x) (sign(0) = +1), NaN → NaN, in one fused pass."""
+    return torch.ops.htaf.step(x, signed)
+
+
+def htaf_forward(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """σ(α·x + β·tanh(γ·x)) in one fused pass; ``params`` = [α, β, γ] as 0-d tensors."""
+    return torch.ops.htaf.htaf_forward(x, params)
+
+
+def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int,
+                       params: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """``grad · scale · g'(x)`` for the surrogate whose ``kernel_id`` is ``kind``."""
+    return torch.ops.htaf.surrogate_backward(grad, x, kind, params, scale)

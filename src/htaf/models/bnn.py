@@ -3,9 +3,12 @@ r"""Binary neural networks: BinaryNet-style VGG-small, Bi-Real/ReActNet-style Re
 Every factory takes the model contract's keywords (``in_channels``, ``image_size``,
 ``num_classes``) and ``activation``, the surrogate of the sign of the activations:
 
-* ``"htaf"`` or ``"htaf_st"`` — sign forward, 2·HTAF'(x) backward (the default);
+* ``"htaf_st"`` — sign forward, 2·HTAF'(x) backward (the default);
 * ``"ste"``, ``"approx_sign"``, ``"swish_sign"`` or any registered surrogate name;
 * ``"relu"`` — the full-precision ceiling: the same architecture with real weights and ReLU.
+
+``"htaf"`` (smooth HTAF) is an error here, as in every family where it cannot train: a BNN's signs
+are exact in training (:func:`htaf.surrogates.resolve_activation`).
 
 ``act_params`` (a dict, e.g. ``{"alpha": 2.0}``) sets the surrogate's own parameters, as for the
 other families (``htaf compare --scales`` passes it).
@@ -23,37 +26,22 @@ from torch import nn
 
 from .._checks import check_int, check_real
 from ..nn.binary import BinaryConv2d, BinaryLinear
-from ..surrogates import get_surrogate
+from ..surrogates import resolve_activation
 from .registry import register_model
 
 __all__ = ["bnn_vgg_small", "bnn_resnet18", "bnn_mlp", "LearnableBias", "RPReLU"]
-
-_REAL = ("relu",)
-
-
-def _is_real(activation: str) -> bool:
-    if not isinstance(activation, str):
-        raise ValueError(f"activation must be a name, got {activation!r}")
-    return activation.strip().lower() in _REAL
-
 
 class _Layers:
     """Builds conv/linear layers for one model: binary ones or, for the ceiling, real ones."""
 
     def __init__(self, activation: str, weight_quantizer, scale, clip, act_params=None):
-        self.real = _is_real(activation)
         if act_params is not None and not isinstance(act_params, dict):
             raise ValueError(f"act_params must be a dict, got {act_params!r}")
-        quantizer = activation
-        if act_params:  # the surrogate's own parameters (what `htaf compare --scales` passes)
-            if self.real:
-                raise ValueError(f"activation 'relu' takes no surrogate parameters, got "
-                                 f"{sorted(act_params)}")
-            key = activation.strip().lower().replace("-", "_")
-            quantizer = get_surrogate("htaf" if key == "htaf_st" else key, **act_params)
-        self.kw = dict(input_quantizer=quantizer, weight_quantizer=weight_quantizer,
+        spec = resolve_activation(activation, act_params, family="bnn")
+        self.real = not spec.binary
+        self.kw = dict(input_quantizer=spec.surrogate, weight_quantizer=weight_quantizer,
                        scale=scale, clip=clip)
-        if not self.real:  # fail now, not at the first forward, on a bad name
+        if not self.real:  # fail now, not at the first forward, on a bad weight quantizer
             BinaryLinear(1, 1, **self.kw)
 
     def conv(self, cin, cout, k, stride=1, padding=0, *, binary=True, bias=False) -> nn.Module:
@@ -84,7 +72,7 @@ def _check_common(in_channels, image_size, num_classes, width_mult):
 
 @register_model("bnn_vgg_small")
 def bnn_vgg_small(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                  activation: str = "htaf", width_mult: float = 1.0, binary_first: bool = False,
+                  activation: str = "htaf_st", width_mult: float = 1.0, binary_first: bool = False,
                   binary_last: bool = False, weight_quantizer: str | None = "ste",
                   scale: str | None = "channel", clip: float | None = 1.0,
                   hidden: int = 0, dropout: float = 0.0,
@@ -184,7 +172,7 @@ class BNNResNet(nn.Module):
 
 @register_model("bnn_resnet18")
 def bnn_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                 activation: str = "htaf", width_mult: float = 1.0, binary_first: bool = False,
+                 activation: str = "htaf_st", width_mult: float = 1.0, binary_first: bool = False,
                  binary_last: bool = False, weight_quantizer: str | None = "ste",
                  scale: str | None = "channel", clip: float | None = 1.0,
                  learnable_threshold: bool = False, rprelu: bool = False,
@@ -216,7 +204,7 @@ def bnn_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int
 
 @register_model("bnn_mlp")
 def bnn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
-            in_features: int | None = None, activation: str = "htaf", hidden=(256, 256),
+            in_features: int | None = None, activation: str = "htaf_st", hidden=(256, 256),
             binary_first: bool = False, binary_last: bool = False,
             weight_quantizer: str | None = "ste", scale: str | None = "channel",
             clip: float | None = 1.0, act_params: dict | None = None) -> nn.Sequential:

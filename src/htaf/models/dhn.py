@@ -42,7 +42,7 @@ NORMS = ("batch", "layer", "none")
 def _act(activation: str, act_params: dict | None) -> nn.Module:
     if act_params is not None and not isinstance(act_params, dict):
         raise ValueError(f"act_params must be a dict, got {act_params!r}")
-    return create_act(activation, **(act_params or {}))
+    return create_act(activation, family="dhn", **(act_params or {}))
 
 
 class DHNMLP(nn.Module):

@@ -92,15 +92,6 @@ class ICBM(nn.Module):
         logits = self.head(c)
         return (logits, c) if return_concepts else logits
 
-    def get_extra_state(self) -> dict:
-        """Saved in the state dict: the concept layer's (possibly annealed) HTAF parameters, so a
-        reloaded model discretizes exactly as the trained one did."""
-        return {"act": self.act.surrogate.hyperparameters()}
-
-    def set_extra_state(self, state: dict) -> None:
-        for name, value in state.get("act", {}).items():
-            setattr(self.act, name, value)
-
     # --- engine hooks -----------------------------------------------------------------------
     def extra_loss(self) -> torch.Tensor:
         """``sparsity · mean concept activation`` of the last training batch (0 when disabled)."""

@@ -11,10 +11,12 @@ the neurons: every call is an independent batch.
 * ``encoding="rate"``: Bernoulli spikes with probability equal to the image rescaled per sample to
   [0, 1] (the models see normalized images, so min–max rescaling recovers intensities).
 
-``activation`` (the engine's and ``htaf compare``'s name) or ``surrogate`` picks the spike function:
-``"htaf"``/``"htaf_st"`` → HTAF's derivative, any registered surrogate name → that surrogate (the
-forward is always the exact spike); ``"relu"`` → the ANN ceiling, ReLU in place of every neuron.
-``neuron`` is ``"lif"`` (default), ``"if"`` or ``"plif"``.
+``activation`` picks the spike function through :func:`htaf.surrogates.resolve_activation`:
+``"htaf_st"`` → HTAF's derivative, any registered surrogate name → that surrogate (the forward is
+always the exact spike), ``"relu"`` → the ANN ceiling, ReLU in place of every neuron; smooth
+``"htaf"`` is an error (a spike is an exact step). Its hyperparameters go in ``act_params``; the
+neuron's options keep SpikingJelly's names (``tau``, ``v_threshold``...), so snnTorch's ``beta``
+is not silently read as HTAF's β. ``neuron`` is ``"lif"`` (default), ``"if"`` or ``"plif"``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 from .._checks import check_choice, check_int, check_real
 from ..nn.spiking import BaseNode, IFNode, LIFNode, ParametricLIFNode, reset_net
-from ..surrogates import get_surrogate
+from ..surrogates import resolve_activation
 from .registry import register_model
 
 __all__ = ["SeqToANN", "SpikingNet", "snn_mlp", "snn_sew_resnet", "snn_vgg"]
@@ -48,33 +50,25 @@ class SeqToANN(nn.Module):
 class _NeuronFactory:
     """Builds the spiking nonlinearity (or ReLU for the ceiling) from the model's options."""
 
-    def __init__(self, activation, surrogate, neuron, tau, v_threshold, v_reset, detach_reset,
-                 backend, surrogate_params):
-        name = surrogate if surrogate is not None else activation
-        if not isinstance(name, str):
-            self.relu, self.surrogate = False, get_surrogate(name, **surrogate_params)
-        else:
-            key = name.strip().lower().replace("-", "_")
-            self.relu = key == "relu"
-            if self.relu and surrogate_params:
-                raise ValueError(f"activation 'relu' takes no surrogate parameters, got "
-                                 f"{sorted(surrogate_params)}")
-            if key == "htaf_st":
-                key = "htaf"
-            self.surrogate = None if self.relu else get_surrogate(key, **surrogate_params)
+    def __init__(self, activation, act_params, neuron, tau, v_threshold, v_reset, decay_input,
+                 detach_reset, backend):
+        if act_params is not None and not isinstance(act_params, dict):
+            raise ValueError(f"act_params must be a dict, got {act_params!r}")
+        spec = resolve_activation(activation, act_params, family="snn")
+        self.surrogate = spec.surrogate
         self.cls = _NEURONS[check_choice("neuron", neuron, tuple(_NEURONS))]
-        self.kw = {"v_threshold": check_real("v_threshold", v_threshold),
-                       "v_reset": v_reset, "detach_reset": detach_reset, "step_mode": "m", "backend": backend}
+        self.kw = {"v_threshold": check_real("v_threshold", v_threshold), "v_reset": v_reset,
+                   "detach_reset": detach_reset, "step_mode": "m", "backend": backend}
+        if self.cls is not IFNode:
+            self.kw["decay_input"] = decay_input
         self.tau = tau
 
     def __call__(self) -> nn.Module:
-        if self.relu:
+        if self.surrogate is None:
             return nn.ReLU()
         if self.cls is IFNode:
             return IFNode(surrogate=self.surrogate, **self.kw)
-        if self.cls is ParametricLIFNode:
-            return ParametricLIFNode(self.tau, surrogate=self.surrogate, **self.kw)
-        return LIFNode(self.tau, surrogate=self.surrogate, **self.kw)
+        return self.cls(self.tau, surrogate=self.surrogate, **self.kw)
 
 
 class SpikingNet(nn.Module):
@@ -132,25 +126,24 @@ class SpikingNet(nn.Module):
         return f"T={self.T}, encoding={self.encoding!r}"
 
 
-_SURROGATE_PARAMS = ("alpha", "beta", "gamma", "slope", "clip")
+_NEURON_OPTIONS = {"neuron": "lif", "tau": 2.0, "v_threshold": 1.0, "v_reset": 0.0,
+                   "decay_input": True, "detach_reset": False, "backend": "auto"}
 
 
-def _common(kw: dict) -> tuple[_NeuronFactory, int, str]:
+def _common(kw: dict, model: str) -> tuple[_NeuronFactory, int, str]:
+    """Pop the options every spiking model shares; anything left is an error naming it."""
     T = kw.pop("T", 4)
-    params = dict(kw.pop("surrogate_params", None) or {})
-    params.update(kw.pop("act_params", None) or {})  # the name `htaf compare` passes
-    params.update({k: kw.pop(k) for k in _SURROGATE_PARAMS if k in kw})
     encoding = kw.pop("encoding", "direct")
-    factory = _NeuronFactory(
-        kw.pop("activation", "htaf_st"), kw.pop("surrogate", None), kw.pop("neuron", "lif"),
-        kw.pop("tau", 2.0), kw.pop("v_threshold", 1.0), kw.pop("v_reset", 0.0),
-        kw.pop("detach_reset", False), kw.pop("backend", "auto"), params)
-    return factory, T, encoding
-
-
-def _reject(kw: dict, model: str) -> None:
+    activation = kw.pop("activation", "htaf_st")
+    act_params = kw.pop("act_params", None)
+    neuron = {k: kw.pop(k, default) for k, default in _NEURON_OPTIONS.items()}
     if kw:
-        raise ValueError(f"{model} got unknown option(s): {', '.join(sorted(kw))}")
+        hint = ""
+        if set(kw) & {"alpha", "beta", "gamma", "slope", "clip"}:
+            hint = ("; a surrogate's hyperparameters go in act_params={...} (snnTorch's membrane "
+                    "decay beta is tau = 1 / (1 − beta) here)")
+        raise ValueError(f"{model} got unknown option(s): {', '.join(sorted(kw))}{hint}")
+    return _NeuronFactory(activation, act_params, **neuron), T, encoding
 
 
 @register_model("snn_mlp")
@@ -158,14 +151,13 @@ def snn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
             in_features: int | None = None, width: int = 256, depth: int = 2, **kw) -> SpikingNet:
     """Spiking MLP: [Linear → BatchNorm1d → neuron] × depth → Linear, logits averaged over T.
 
-    Options: ``T=4``, ``encoding="direct"|"rate"``, ``neuron="lif"|"if"|"plif"``,
-    ``activation``/``surrogate`` (spike function or ``"relu"``), ``tau``, ``v_threshold``,
-    ``v_reset`` (None = soft reset), ``detach_reset``, ``backend``, and the surrogate's own
-    parameters (``alpha``, ``beta``, ``gamma``, ``slope``, ``clip``, or a ``surrogate_params`` /
-    ``act_params`` dict — the latter is what ``htaf compare`` passes).
+    Options: ``T=4``, ``encoding="direct"|"rate"``, ``activation`` (the spike function's
+    surrogate, ``"htaf_st"`` by default, or ``"relu"`` for the ANN ceiling) and ``act_params`` (its
+    hyperparameters, e.g. ``{"alpha": 2.0}``); the neuron under SpikingJelly's names: ``neuron=
+    "lif"|"if"|"plif"``, ``tau``, ``v_threshold``, ``v_reset`` (None = soft reset),
+    ``decay_input``, ``detach_reset``, ``backend``.
     """
-    act, T, encoding = _common(kw)
-    _reject(kw, "snn_mlp")
+    act, T, encoding = _common(kw, "snn_mlp")
     width = check_int("width", width, low=1)
     depth = check_int("depth", depth, low=1)
     n_in = in_features if in_features is not None else in_channels * image_size * image_size
@@ -190,8 +182,7 @@ def snn_vgg(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10
 
     ``width=128, depth=6`` is the probe net of ``PROBES.md``. Options as :func:`snn_mlp`.
     """
-    act, T, encoding = _common(kw)
-    _reject(kw, "snn_vgg")
+    act, T, encoding = _common(kw, "snn_vgg")
     width = check_int("width", width, low=1)
     depth = check_int("depth", depth, low=2)
     if depth % 2:
@@ -229,8 +220,7 @@ def snn_sew_resnet(*, in_channels: int = 3, image_size: int = 32, num_classes: i
                    width: int = 64, depth: int = 1, **kw) -> SpikingNet:
     """SEW-ResNet for small images: conv-BN-neuron stem, three stages of ``depth`` SEW blocks
     (ADD) with widths w, 2w, 4w (stride 2 between stages), global average pool, linear head."""
-    act, T, encoding = _common(kw)
-    _reject(kw, "snn_sew_resnet")
+    act, T, encoding = _common(kw, "snn_sew_resnet")
     width = check_int("width", width, low=1)
     depth = check_int("depth", depth, low=1)
     stem = nn.Sequential(*_conv_bn(in_channels, width))

@@ -1,9 +1,14 @@
-"""Binary activation modules: thin holders of a surrogate and a mode (the math is in
-``htaf.functional``).
+"""Binary activation modules: thin holders of a surrogate, its hyperparameters and a mode (the
+math is in :mod:`htaf.surrogates`).
 
 * :class:`HTAF` — smooth HTAF by default; switch to ``"hard"`` to evaluate the binary network.
 * :class:`Heaviside` — 1[x ≥ 0], straight-through with any registered surrogate (HTAF by default).
 * :class:`Sign` — sign(x) ∈ {−1, +1}, straight-through (BNN activations and weights).
+
+The surrogate's hyperparameters (HTAF's α, β, γ; a baseline's scale) are 0-d **buffers**: an
+annealed γ is saved by ``state_dict()`` and restored by ``load_state_dict()``, and
+``torch.compile`` reads it as a tensor, so changing it never recompiles. Assigning a number
+(``act.gamma = 30.0``) validates it and writes it into the buffer in place.
 
 ``set_mode(model, "hard")`` switches every such layer of a model at once.
 """
@@ -15,9 +20,8 @@ import contextlib
 import torch
 from torch import nn
 
-from .. import functional as F
 from .._checks import check_choice
-from ..surrogates import HTAFSurrogate, Surrogate, get_surrogate
+from ..surrogates import MODES, HTAFSurrogate, Surrogate, get_surrogate, resolve_activation
 
 __all__ = [
     "HTAF",
@@ -32,14 +36,19 @@ __all__ = [
 
 
 class BinaryActivation(nn.Module):
-    """Base of :class:`Heaviside` and :class:`Sign`: a surrogate, a mode and the output range."""
+    """Base of :class:`Heaviside` and :class:`Sign`: a surrogate (its class and hyperparameter
+    buffers), a mode and the output range (``signed``)."""
 
     signed: bool = False
 
     def __init__(self, surrogate: str | Surrogate = "htaf", mode: str = "straight_through",
                  **params):
         super().__init__()
-        self.surrogate = get_surrogate(surrogate, **params)
+        spec = get_surrogate(surrogate, **params)
+        self._param_names = spec.param_names()
+        self._spec = spec
+        for name, value in spec.hyperparameters().items():
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32))
         self.mode = mode
 
     @property
@@ -48,15 +57,35 @@ class BinaryActivation(nn.Module):
 
     @mode.setter
     def mode(self, value: str) -> None:
-        check_choice("mode", value, F.MODES)
+        check_choice("mode", value, MODES)
         self._mode = value
 
+    @property
+    def surrogate(self) -> Surrogate:
+        """The surrogate with its current hyperparameter values (a frozen copy)."""
+        return self._spec.replace(**{n: float(v) for n, v in self.hyperparameters().items()})
+
+    def hyperparameters(self) -> dict[str, torch.Tensor]:
+        return {n: self._buffers[n] for n in self._param_names}
+
+    def params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self._buffers[n] for n in self._param_names)
+
+    def __setattr__(self, name, value):
+        spec = self.__dict__.get("_spec")
+        if spec is not None and name in self._param_names and not isinstance(value, torch.Tensor):
+            value = spec.check(name, value)          # ValueError naming the parameter
+            with torch.no_grad():
+                self._buffers[name].fill_(value)
+            return
+        super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.binarize(x, self.surrogate, mode=self._mode, signed=self.signed)
+        return self._spec.apply(x, self._mode, self.signed, self.params())
 
     def extra_repr(self) -> str:
-        params = ", ".join(f"{k}={v:g}" for k, v in self.surrogate.hyperparameters().items())
-        return f"surrogate={self.surrogate.name}{', ' + params if params else ''}, mode={self._mode}"
+        params = ", ".join(f"{k}={float(v):g}" for k, v in self.hyperparameters().items())
+        return f"surrogate={self._spec.name}{', ' + params if params else ''}, mode={self._mode}"
 
 
 class Heaviside(BinaryActivation):
@@ -78,34 +107,21 @@ class HTAF(Heaviside):
     """HTAF(x) = σ(α·x + β·tanh(γ·x)): smooth by default, ``mode="hard"`` for 1[x ≥ 0],
     ``mode="straight_through"`` for 1[x ≥ 0] forward and HTAF' backward.
 
-    α, β, γ are attributes that can be changed during training (see :class:`htaf.nn.Anneal`).
+    ``alpha``, ``beta``, ``gamma`` are buffers (see :class:`htaf.nn.Anneal`).
     """
 
     def __init__(self, alpha: float = 0.5, beta: float = 4.0, gamma: float = 1.0,
                  mode: str = "smooth"):
         super().__init__(HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma), mode)
 
-    def _param(name):
-        def get(self) -> float:
-            return getattr(self.surrogate, name)
-
-        def put(self, value: float) -> None:
-            self.surrogate = self.surrogate.replace(**{name: value})
-
-        return property(get, put, doc=f"HTAF's {name} (validated on assignment).")
-
-    alpha = _param("alpha")
-    beta = _param("beta")
-    gamma = _param("gamma")
-    del _param
-
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha:g}, beta={self.beta:g}, gamma={self.gamma:g}, mode={self.mode}"
+        return (f"alpha={float(self.alpha):g}, beta={float(self.beta):g}, "
+                f"gamma={float(self.gamma):g}, mode={self.mode}")
 
 
 def set_mode(model: nn.Module, mode: str) -> dict[nn.Module, str]:
     """Set ``mode`` on every binary activation in ``model``; return their previous modes."""
-    check_choice("mode", mode, F.MODES)
+    check_choice("mode", mode, MODES)
     previous = {}
     for m in model.modules():
         if isinstance(m, BinaryActivation):
@@ -125,36 +141,23 @@ def using_mode(model: nn.Module, mode: str):
             m.mode = old
 
 
-def create_act(name: str = "htaf", *, signed: bool = False, **params) -> nn.Module:
-    """Activation by name, the convention every model in ``htaf.models`` uses:
+def create_act(name="htaf", *, signed: bool = False, family: str | None = None,
+               **params) -> nn.Module:
+    """The activation module of a name, as :func:`htaf.surrogates.resolve_activation` reads it:
 
     * ``"relu"`` (or ``"hardtanh"``, ``"identity"``) — full precision, the ceiling;
     * ``"htaf"`` — smooth HTAF (evaluate with ``set_mode(model, "hard")``);
     * ``"htaf_st"`` — straight-through Heaviside (or Sign) with HTAF's derivative;
     * any registered surrogate name — straight-through with that surrogate.
 
-    ``signed=True`` gives :class:`Sign` layers (BNN) instead of :class:`Heaviside`.
+    ``signed=True`` gives :class:`Sign` layers instead of :class:`Heaviside`; ``family`` rejects
+    a mode that family cannot run.
     """
-    if not isinstance(name, str):
-        raise ValueError(f"activation must be a name, got {name!r}")
-    key = name.strip().lower().replace("-", "_")
-    full_precision = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
-    if key in full_precision:
-        if params:
-            raise ValueError(f"activation {name!r} takes no parameters, got {sorted(params)}")
-        return full_precision[key]()
-    cls = Sign if signed else Heaviside
-    if key == "htaf":
-        return cls(HTAFSurrogate(**params), mode="smooth")
-    if key == "htaf_st":
-        key = "htaf"
-    try:
-        return cls(key, mode="straight_through", **params)
-    except ValueError as e:
-        if str(e).startswith("unknown surrogate"):
-            raise ValueError(f"unknown activation {name!r}; use relu, htaf, htaf_st or a "
-                             f"surrogate name ({e.args[0].split('available: ')[1]})") from None
-        raise
+    spec = resolve_activation(name, params, family=family)
+    if spec.full_precision:
+        return {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}[
+            spec.full_precision]()
+    return (Sign if signed else Heaviside)(spec.surrogate, mode=spec.mode)
 
 
 def apply_constraints(model: nn.Module) -> None:

@@ -5,7 +5,9 @@
 ...     anneal.set_progress(epoch / max(1, epochs - 1))
 ...     train_one_epoch(model)
 
-The schedule is a pure function of progress ∈ [0, 1], so a resumed run needs no saved state.
+The schedule is a pure function of progress ∈ [0, 1]. The values are written in place into the
+layers' hyperparameter buffers, so ``state_dict()`` carries them and a compiled model reads them
+as tensors (no recompilation when they change).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class Anneal:
         self.progress = min(max(float(progress), 0.0), 1.0)
         values = self.values(self.progress)
         for m in self.layers:
-            m.surrogate = m.surrogate.replace(**values)
+            for name, value in values.items():
+                setattr(m, name, value)   # validated, then written into the buffer in place
         return values
 
     def __repr__(self):

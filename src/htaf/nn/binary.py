@@ -1,6 +1,6 @@
 r"""Binary layers: :class:`BinaryLinear` and :class:`BinaryConv2d`, drop-in for ``nn.Linear`` and
-``nn.Conv2d`` (same positional signature, same ``weight``/``bias`` parameters, same state_dict keys
-plus nothing).
+``nn.Conv2d`` (same positional signature, same ``weight``/``bias`` parameters; the state_dict adds
+only the quantizers' hyperparameter buffers, so a float checkpoint loads with ``strict=False``).
 
 Forward, with x the layer input and W the latent real weights::
 
@@ -24,10 +24,11 @@ padding — the packed path handles the border exactly with a mask correction; `
 the *binarized* input with that value so every operand stays binary (Larq's ``pad_values=1``).
 ``padding_mode`` other than ``"zeros"`` pads the binarized input (values stay ±1).
 
-Mode: the input quantizer is a :class:`~htaf.nn.Sign` submodule, so ``htaf.set_mode(model,
-"hard")`` switches it; ``layer.mode`` reads/writes it. In hard mode the forward is the same exact
-sign (with no autograd graph, written with ``torch.where`` so it exports to ONNX); the flag matters
-for an input quantizer trained in ``"smooth"`` mode.
+Mode: both quantizers are :class:`~htaf.nn.Sign` submodules (their surrogates' scales are
+buffers), called in every mode, so ``htaf.set_mode(model, "hard")`` switches them and forward
+hooks see what they output; ``layer.mode`` reads/writes the input quantizer's. Hard mode is the
+same exact sign with no autograd graph, in plain PyTorch ops (exports to ONNX). NaN in gives NaN
+out in every mode, with or without gradient tracking.
 """
 
 from __future__ import annotations
@@ -36,35 +37,34 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
-from .. import functional as F
 from .._checks import check_choice, check_real
-from ..surrogates import Surrogate, get_surrogate
+from ..surrogates import Surrogate, resolve_activation
 from .activation import BinaryActivation, Sign
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "BinaryLayer", "hard_sign", "binary_layers"]
 
 
 def hard_sign(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1, no gradient, plain ``torch.where`` (exports to ONNX)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """sign(x) with sign(0) = +1 and NaN kept, no gradient, plain PyTorch ops (exports to ONNX)."""
+    return torch.where(torch.isnan(x), x, torch.where(x >= 0, 1.0, -1.0).to(x.dtype))
 
 
-def _make_input_quantizer(spec) -> nn.Module | None:
-    """``None`` (full-precision input), a surrogate name or instance (straight-through sign),
-    ``"htaf_st"`` (alias of ``"htaf"``), or a ready :class:`BinaryActivation` with ``signed``."""
+def _make_quantizer(spec, what: str) -> Sign | None:
+    """``None`` (full precision), a ready :class:`Sign`, or an activation name or surrogate that
+    :func:`htaf.surrogates.resolve_activation` reads as a straight-through sign."""
     if spec is None:
         return None
     if isinstance(spec, BinaryActivation):
         if not spec.signed:
-            raise ValueError("input_quantizer must be a signed activation (htaf.nn.Sign), "
+            raise ValueError(f"{what} must be a signed activation (htaf.nn.Sign), "
                              f"got {type(spec).__name__}")
         return spec
-    if isinstance(spec, str) and spec.strip().lower().replace("-", "_") == "htaf_st":
-        spec = "htaf"
     if not isinstance(spec, (str, Surrogate)):
-        raise ValueError(f"input_quantizer must be None, a surrogate name or a Sign module, "
-                         f"got {spec!r}")
-    return Sign(spec, mode="straight_through")
+        raise ValueError(f"{what} must be None, a surrogate name or a Sign module, got {spec!r}")
+    act = resolve_activation(spec, family="bnn")
+    if not act.binary:
+        raise ValueError(f"{what} must be a surrogate name (e.g. 'htaf_st', 'ste'), got {spec!r}")
+    return Sign(act.surrogate, mode=act.mode)
 
 
 class BinaryLayer:
@@ -75,10 +75,8 @@ class BinaryLayer:
     bias: nn.Parameter | None
 
     def _init_binary(self, input_quantizer, weight_quantizer, scale, clip) -> None:
-        self.input_quantizer = _make_input_quantizer(input_quantizer)
-        self.weight_quantizer = (None if weight_quantizer is None
-                                 else get_surrogate("htaf" if weight_quantizer == "htaf_st"
-                                                    else weight_quantizer))
+        self.input_quantizer = _make_quantizer(input_quantizer, "input_quantizer")
+        self.weight_quantizer = _make_quantizer(weight_quantizer, "weight_quantizer")
         self.scale = check_choice("scale", scale, ("channel", None))
         self.clip = None if clip is None else check_real("clip", clip, low=0.0)
 
@@ -108,20 +106,13 @@ class BinaryLayer:
         return w.abs().mean(dim=tuple(range(1, w.dim())))
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.input_quantizer
-        if q is None:
-            return x
-        if q.mode == "hard" or (not torch.is_grad_enabled() and q.mode == "straight_through"):
-            return hard_sign(x)
-        return q(x)
+        """sign(x) through the input quantizer, in its mode (the same values with or without
+        gradient tracking); ``x`` itself for a full-precision input."""
+        return x if self.input_quantizer is None else self.input_quantizer(x)
 
     def quantize_weight(self) -> torch.Tensor:
-        w = self.weight
-        if self.weight_quantizer is None:
-            return w
-        if not (torch.is_grad_enabled() and w.requires_grad):
-            return hard_sign(w.detach())
-        return F.sign(w, self.weight_quantizer)
+        """sign(W) through the weight quantizer (W itself for real weights)."""
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def _finish(self, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """y · α + b, broadcast along ``channel_dim`` (the exact order the packed path uses)."""
@@ -143,7 +134,7 @@ class BinaryLayer:
     def _binary_repr(self) -> str:
         iq = "none" if self.input_quantizer is None else (
             f"{self.input_quantizer.surrogate.name}/{self.input_quantizer.mode}")
-        wq = "none" if self.weight_quantizer is None else self.weight_quantizer.name
+        wq = "none" if self.weight_quantizer is None else self.weight_quantizer.surrogate.name
         return f"input_quantizer={iq}, weight_quantizer={wq}, scale={self.scale}, clip={self.clip}"
 
 
@@ -152,18 +143,18 @@ class BinaryLinear(BinaryLayer, nn.Linear):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        input_quantizer: surrogate for sign(x): ``"htaf"`` (default; 2·HTAF' backward), any
+        input_quantizer: surrogate for sign(x): ``"htaf_st"`` (default; 2·HTAF' backward), any
             registered surrogate name or instance, a :class:`~htaf.nn.Sign` module, or ``None``
             for full-precision inputs.
-        weight_quantizer: surrogate for sign(W): ``"ste"`` (default, clipped STE) or any name;
-            ``None`` keeps real weights.
+        weight_quantizer: surrogate for sign(W): ``"ste"`` (default, clipped STE) or any name or
+            :class:`~htaf.nn.Sign`; ``None`` keeps real weights.
         scale: ``"channel"`` (default) for α = mean|W| per output unit, ``None`` for none.
         clip: latent weights are clipped to [−clip, clip] by ``constrain_()`` (``None``: never).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 input_quantizer="htaf", weight_quantizer="ste", scale: str | None = "channel",
-                 clip: float | None = 1.0, device=None, dtype=None):
+                 input_quantizer="htaf_st", weight_quantizer="ste",
+                 scale: str | None = "channel", clip: float | None = 1.0, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._init_binary(input_quantizer, weight_quantizer, scale, clip)
 
@@ -182,8 +173,9 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 input_quantizer="htaf", weight_quantizer="ste", scale: str | None = "channel",
-                 clip: float | None = 1.0, pad_value: float = 0.0, device=None, dtype=None):
+                 input_quantizer="htaf_st", weight_quantizer="ste",
+                 scale: str | None = "channel", clip: float | None = 1.0, pad_value: float = 0.0,
+                 device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device=device, dtype=dtype)
         if isinstance(self.padding, str):

@@ -10,15 +10,19 @@ Charge (``R = v_reset``, or 0 when ``v_reset=None``), fire, reset::
     hard reset  V[t] = H[t]·(1 − S[t]) + v_reset·S[t]
     soft reset  V[t] = H[t] − V_th·S[t]          (v_reset=None)
 
-``detach_reset=True`` stops the gradient of S through the reset term. ``step_mode="s"`` takes one
+``detach_reset=True`` stops the gradient of S through the reset. ``step_mode="s"`` takes one
 time step ``[B, ...]`` per call and keeps the potential in ``self.v`` between calls;
 ``step_mode="m"`` takes a whole sequence ``[T, B, ...]``. Call ``reset_net(model)`` (or each
 neuron's ``reset()``) between independent batches; the models in ``htaf.models.snn`` do it in
 ``forward``.
 
-The spike function is named by ``surrogate`` (a registered name or a :class:`~htaf.surrogates.Surrogate`;
-SpikingJelly's keyword ``surrogate_function`` is accepted as an alias). Multi-step LIF/IF/PLIF on
-CUDA runs the fused Triton kernel (``htaf.kernels.lif``) when ``backend="auto"``/``"triton"``.
+Arguments after ``tau`` (``init_tau`` for PLIF) are keyword-only: ``LIFNode(2.0, 0.5)`` would mean
+``decay_input=0.5`` in SpikingJelly's positional order, a silent trap. The spike function is
+``surrogate`` (a registered name or a :class:`~htaf.surrogates.Surrogate`; SpikingJelly's keyword
+``surrogate_function`` is accepted too); it lives in the neuron as a :class:`~htaf.nn.Heaviside`
+submodule, so its scale is a buffer. Multi-step neurons run the fused kernel
+(:mod:`htaf.kernels.lif`: Triton on CUDA, native code on the CPU) when ``backend="auto"`` and one
+serves the input, the PyTorch reference (autograd through the time loop) otherwise.
 """
 
 from __future__ import annotations
@@ -28,13 +32,27 @@ import math
 import torch
 from torch import nn
 
+from .. import kernels
 from .._checks import check_choice, check_real
-from ..kernels import lif as lif_kernels
-from ..surrogates import Surrogate, get_surrogate
+from ..surrogates import Surrogate
+from .activation import BinaryActivation, Heaviside
 
 __all__ = ["IF", "LIF", "PLIF", "BaseNode", "IFNode", "LIFNode", "ParametricLIFNode", "reset_net"]
 
-_BACKENDS = ("auto", "triton", "torch")
+_BACKENDS = ("auto", "fused", "torch")
+
+
+def _spike_function(surrogate) -> Heaviside:
+    if isinstance(surrogate, BinaryActivation):
+        if surrogate.signed or surrogate.mode != "straight_through":
+            raise ValueError("a neuron's spike function must be a straight-through Heaviside, got "
+                             f"{surrogate!r}")
+        return surrogate
+    if isinstance(surrogate, str) and surrogate.strip().lower().replace("-", "_") == "htaf_st":
+        surrogate = "htaf"
+    if not isinstance(surrogate, (str, Surrogate)):
+        raise ValueError(f"surrogate must be a surrogate name or a Surrogate, got {surrogate!r}")
+    return Heaviside(surrogate, mode="straight_through")
 
 
 class BaseNode(nn.Module):
@@ -42,16 +60,15 @@ class BaseNode(nn.Module):
 
     leaky: bool = True
 
-    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
+    def __init__(self, *, v_threshold: float = 1.0, v_reset: float | None = 0.0,
                  surrogate: str | Surrogate = "htaf", detach_reset: bool = False,
-                 step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False, *,
+                 step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False,
                  surrogate_function: str | Surrogate | None = None):
         super().__init__()
         self.v_threshold = check_real("v_threshold", v_threshold)
         self.v_reset = None if v_reset is None else check_real("v_reset", v_reset)
-        if surrogate_function is not None:  # SpikingJelly's name for the same thing
-            surrogate = surrogate_function
-        self.surrogate = get_surrogate(surrogate)
+        self.surrogate_function = _spike_function(
+            surrogate if surrogate_function is None else surrogate_function)
         self.detach_reset = bool(detach_reset)
         self.step_mode = step_mode
         self.backend = check_choice("backend", backend, _BACKENDS)
@@ -79,8 +96,9 @@ class BaseNode(nn.Module):
         self.v_seq = None
 
     @property
-    def surrogate_function(self) -> Surrogate:  # SpikingJelly's attribute name
-        return self.surrogate
+    def surrogate(self) -> Surrogate:
+        """The spike function's surrogate, with its current hyperparameters."""
+        return self.surrogate_function.surrogate
 
     # -- the neuron ----------------------------------------------------------------------------
     def decay(self):
@@ -95,33 +113,43 @@ class BaseNode(nn.Module):
             return self.v
         return torch.full_like(x, self.v)
 
-    def _step_kwargs(self) -> dict:
-        return {"v_threshold": self.v_threshold, "v_reset": self.v_reset,
-                    "decay_input": getattr(self, "decay_input", True),
-                    "detach_reset": self.detach_reset, "surrogate": self.surrogate, "leaky": self.leaky}
+    def neuronal_step(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step of the reference: ``(S[t], V[t])`` from ``X[t]`` and ``V[t−1]``."""
+        r = 0.0 if self.v_reset is None else self.v_reset
+        k = self.decay()
+        if not self.leaky:
+            h = v + x
+        elif getattr(self, "decay_input", True):
+            h = v + (x - (v - r)) * k
+        else:
+            h = v - (v - r) * k + x
+        s = self.surrogate_function(h - self.v_threshold)
+        s_r = s.detach() if self.detach_reset else s
+        if self.v_reset is None:
+            v_new = h - self.v_threshold * s_r
+        else:
+            v_new = h * (1.0 - s_r) + self.v_reset * s_r
+        return s, v_new
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         # half inputs: the math (and the carried potential) in fp32, as in the fused kernel
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        s, v = lif_kernels.lif_step_reference(x.to(work), self._state_like(x).to(work),
-                                              self.decay(), **self._step_kwargs())
-        s = s.to(x.dtype)
+        s, v = self.neuronal_step(x.to(work), self._state_like(x).to(work))
         self.v = v
         if self.store_v_seq:
             self.v_seq = v.unsqueeze(0) if self.v_seq is None else torch.cat(
                 [self.v_seq, v.unsqueeze(0)])
-        return s
+        return s.to(x.dtype)
 
-    def _use_triton(self, x_seq: torch.Tensor) -> bool:
+    def _use_fused(self, x_seq: torch.Tensor) -> bool:
         if self.backend == "torch" or self.store_v_seq:
             return False
-        ok = lif_kernels.triton_supports(x_seq, self.surrogate)
-        if self.backend == "triton":
-            if not ok:
-                raise ValueError("backend='triton' needs Triton and an htaf/sigmoid/atan "
-                                 f"surrogate (got {self.surrogate.name!r}); use backend='auto'")
-            return True
-        return ok and x_seq.is_cuda
+        ok = self.surrogate_function._spec.kernel_id is not None and kernels.fused(x_seq)
+        if self.backend == "fused" and not ok:
+            raise ValueError("backend='fused' needs a fused kernel for this device and dtype and a "
+                             f"built-in surrogate (got {self.surrogate.name!r} on "
+                             f"{x_seq.device}, {x_seq.dtype}); use backend='auto'")
+        return ok
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
@@ -130,17 +158,26 @@ class BaseNode(nn.Module):
         if x_seq.shape[0] == 0:
             raise ValueError("step_mode='m' got T = 0 time steps (x_seq.shape[0] must be >= 1)")
         v0 = self._state_like(x_seq[0])
-        kw = self._step_kwargs()
-        if self._use_triton(x_seq):
-            s, v = lif_kernels.lif_multistep(x_seq, v0, self.decay(), backend="triton", **kw)
-            v_seq = None
-        else:
-            s, v, v_seq = lif_kernels.lif_multistep_reference(
-                x_seq, v0, self.decay(), store_v_seq=self.store_v_seq, **kw)
-        self.v = v
+        if self._use_fused(x_seq):
+            s, self.v = kernels.lif_multistep(
+                x_seq, v0, self.decay(), v_threshold=self.v_threshold, v_reset=self.v_reset,
+                decay_input=getattr(self, "decay_input", True), detach_reset=self.detach_reset,
+                kind=self.surrogate_function._spec.kernel_id,
+                params=list(self.surrogate_function.params()),
+                scale=self.surrogate_function._spec.grad_scale(False), leaky=self.leaky)
+            return s
+        work = torch.float32 if x_seq.dtype in (torch.float16, torch.bfloat16) else x_seq.dtype
+        v = v0.to(work)
+        spikes, vs = [], []
+        for t in range(x_seq.shape[0]):
+            s, v = self.neuronal_step(x_seq[t].to(work), v)
+            spikes.append(s.to(x_seq.dtype))
+            if self.store_v_seq:
+                vs.append(v)
+        self.v = v.to(v0.dtype)
         if self.store_v_seq:
-            self.v_seq = v_seq
-        return s
+            self.v_seq = torch.stack(vs).to(v0.dtype)
+        return torch.stack(spikes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -150,24 +187,15 @@ class BaseNode(nn.Module):
         return self.single_step_forward(x)
 
     def extra_repr(self) -> str:
-        sp = ", ".join(f"{k}={v:g}" for k, v in self.surrogate.hyperparameters().items())
         return (f"v_threshold={self.v_threshold:g}, v_reset={self.v_reset}, "
                 f"detach_reset={self.detach_reset}, step_mode={self._step_mode!r}, "
-                f"backend={self.backend!r}, surrogate={self.surrogate.name}"
-                f"{'(' + sp + ')' if sp else ''}")
+                f"backend={self.backend!r}")
 
 
 class IFNode(BaseNode):
-    """Integrate-and-fire: H[t] = V[t−1] + X[t]. SpikingJelly's ``IFNode`` signature."""
+    """Integrate-and-fire: H[t] = V[t−1] + X[t]. SpikingJelly's ``IFNode`` (keyword arguments)."""
 
     leaky = False
-
-    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
-                 surrogate: str | Surrogate = "htaf", detach_reset: bool = False,
-                 step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False, *,
-                 surrogate_function: str | Surrogate | None = None):
-        super().__init__(v_threshold, v_reset, surrogate, detach_reset, step_mode, backend,
-                         store_v_seq, surrogate_function=surrogate_function)
 
 
 def _check_tau(name: str, tau) -> float:
@@ -178,19 +206,17 @@ def _check_tau(name: str, tau) -> float:
 
 
 class LIFNode(BaseNode):
-    """Leaky integrate-and-fire, SpikingJelly's ``LIFNode`` (same positional order and defaults)::
+    """Leaky integrate-and-fire, SpikingJelly's ``LIFNode`` (same names and defaults; everything
+    after ``tau`` keyword-only)::
 
         decay_input=True:  H = V + (X − (V − R)) / τ;   decay_input=False: H = V − (V − R)/τ + X
+
+    snnTorch's ``Leaky(beta)`` is ``decay_input=False`` with ``tau = 1 / (1 − beta)``.
     """
 
-    def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
-                 v_reset: float | None = 0.0, surrogate: str | Surrogate = "htaf",
-                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
-                 store_v_seq: bool = False, *, surrogate_function: str | Surrogate | None = None):
-        tau = _check_tau("tau", tau)
-        super().__init__(v_threshold, v_reset, surrogate, detach_reset, step_mode, backend,
-                         store_v_seq, surrogate_function=surrogate_function)
-        self.tau = tau
+    def __init__(self, tau: float = 2.0, *, decay_input: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.tau = _check_tau("tau", tau)
         self.decay_input = bool(decay_input)
 
     def decay(self):
@@ -203,16 +229,13 @@ class LIFNode(BaseNode):
 class ParametricLIFNode(BaseNode):
     """PLIF (Fang et al., ICCV 2021): LIF whose 1/τ = sigmoid(w) is learned, w₀ = −ln(init_tau − 1).
 
-    SpikingJelly's ``ParametricLIFNode`` signature; τ stays in (1, ∞) by construction.
+    SpikingJelly's ``ParametricLIFNode`` (everything after ``init_tau`` keyword-only); τ stays in
+    (1, ∞) by construction.
     """
 
-    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
-                 v_reset: float | None = 0.0, surrogate: str | Surrogate = "htaf",
-                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
-                 store_v_seq: bool = False, *, surrogate_function: str | Surrogate | None = None):
+    def __init__(self, init_tau: float = 2.0, *, decay_input: bool = True, **kwargs):
         init_tau = _check_tau("init_tau", init_tau)
-        super().__init__(v_threshold, v_reset, surrogate, detach_reset, step_mode, backend,
-                         store_v_seq, surrogate_function=surrogate_function)
+        super().__init__(**kwargs)
         self.decay_input = bool(decay_input)
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
@@ -227,31 +250,7 @@ class ParametricLIFNode(BaseNode):
         return f"tau={self.tau:.4g}, decay_input={self.decay_input}, " + super().extra_repr()
 
 
-class LIF(LIFNode):
-    """``LIFNode`` with the issue's argument order:
-    ``LIF(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False, step_mode="s")``."""
-
-    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
-                 decay_input: bool = True, detach_reset: bool = False, step_mode: str = "s",
-                 surrogate: str | Surrogate = "htaf", backend: str = "auto",
-                 store_v_seq: bool = False, *, surrogate_function=None):
-        super().__init__(tau, decay_input, v_threshold, v_reset, surrogate, detach_reset,
-                         step_mode, backend, store_v_seq, surrogate_function=surrogate_function)
-
-
-class PLIF(ParametricLIFNode):
-    """``ParametricLIFNode`` with ``LIF``'s argument order (``init_tau`` first)."""
-
-    def __init__(self, init_tau: float = 2.0, v_threshold: float = 1.0,
-                 v_reset: float | None = 0.0, decay_input: bool = True,
-                 detach_reset: bool = False, step_mode: str = "s",
-                 surrogate: str | Surrogate = "htaf", backend: str = "auto",
-                 store_v_seq: bool = False, *, surrogate_function=None):
-        super().__init__(init_tau, decay_input, v_threshold, v_reset, surrogate, detach_reset,
-                         step_mode, backend, store_v_seq, surrogate_function=surrogate_function)
-
-
-IF = IFNode
+IF, LIF, PLIF = IFNode, LIFNode, ParametricLIFNode
 
 
 def reset_net(model: nn.Module) -> None:

@@ -1,44 +1,25 @@
-r"""Fused Triton kernels for the HTAF op family: smooth forward, backward, exact step/sign.
+r"""Fused elementwise Triton kernels: HTAF's smooth forward, any surrogate's backward, the step.
 
 One pass over memory each, math in float32 whatever the storage dtype (float32, bfloat16,
-float16), one rounding at the store:
+float16), one rounding at the store. The formulas are the device functions of
+:mod:`htaf.kernels.triton_surrogates` (one per surrogate), the hyperparameters are read from 0-d
+tensors at run time:
 
-* ``triton_htaf_forward(x, α, β, γ)``         → HTAF(x) = σ(α·x + β·tanh(γ·x))
-* ``triton_htaf_backward(g, x, α, β, γ, c)``  → g · c · HTAF'(x)
-* ``triton_step(x, signed)``                  → 1[x ≥ 0] or sign(x) (sign(0) = +1), NaN → NaN
-
-Numerics (the same identities as :mod:`htaf.kernels.reference`, written so that no intermediate
-overflows and nothing cancels in the tails). With ``u = γ·x``, ``t = e^(−2|u|)`` and
-``r = 1 / (1 + t)``::
-
-    tanh(u)   = sign(u) · (1 − t) · r
-    sech²(u)  = 4 · t · r²
-    z         = α·x + β·tanh(u)
-    σ(z)      = q  if z ≥ 0 else e·q,     e = e^(−|z|),  q = 1 / (1 + e)
-    σ(z)σ(−z) = e · q²
-
-so one exponential serves both tanh and sech², one serves both sigmoids, and every factor stays in
-[0, 1]: ±inf gives HTAF = 1/0 and a zero gradient, NaN propagates (every comparison with NaN is
-false, so the ``where`` picks a NaN-carrying branch).
+* ``triton_htaf_forward(x, [α, β, γ])``                 → HTAF(x) = σ(α·x + β·tanh(γ·x))
+* ``triton_surrogate_backward(g, x, kind, params, c)``  → g · c · g'(x) for surrogate ``kind``
+* ``triton_step(x, signed)``                            → 1[x ≥ 0] or sign(x) (sign(0) = +1), NaN → NaN
 
 Layout. Elementwise ops do not care about the logical shape, only about memory: a tensor whose
 elements fill a dense, non-overlapping block (contiguous, transposed, channels-last...) is
-processed as the flat block it is, and the output gets the same strides (what the reference's
+processed as the flat block it is, and the output gets the same strides (what
 ``torch.empty_like`` gives). Only inputs with holes (slices with steps, expanded views) or whose
 layout differs from the output's are first copied into the output's layout. Offsets switch to
 int64 when a tensor has 2^31 elements or more. A size that is not a multiple of 16 is run as a
 multiple-of-16 body (16-byte vector accesses) plus a short second launch for the rest.
 
 Registration. :func:`register_cuda_kernels` installs the launchers as the CUDA implementation of
-the existing ``torch.library.custom_op`` ops ``htaf::forward/backward/step``
-(``<op>.register_kernel("cuda")``); ``htaf.kernels`` calls it at import unless Triton is missing or
-``HTAF_DISABLE_TRITON`` is set. We keep ``custom_op`` rather than switching to
-``torch.library.triton_op``: the ops already have a device-generic reference (the CPU path) and a
-fake implementation, so the CUDA kernel is a per-device override that changes nothing for
-``torch.compile`` (the op stays one opaque node with a known output shape — there is nothing to
-gain from letting Inductor see inside a kernel that is already one memory pass), for autocast (the
-ops take whatever dtype they are given) or for CUDA graphs (the launchers never synchronise with
-the host). float64 and other dtypes on CUDA stay on the reference (exact ``gradcheck``).
+the ops of :mod:`htaf.kernels.ops`; the ops stay single opaque nodes for ``torch.compile``, take
+whatever dtype they are given (autocast) and never synchronise with the host (CUDA graphs).
 
 The launchers are plain functions of tensors, so the tests run them on CPU tensors with
 ``TRITON_INTERPRET=1``.
@@ -52,12 +33,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from .triton_surrogates import KERNEL_IDS, derivative, htaf_value
 
-__all__ = [
-    "triton_htaf_forward", "triton_htaf_backward", "triton_step", "register_cuda_kernels",
-    "SUPPORTED_DTYPES",
-]
+__all__ = ["triton_htaf_forward", "triton_surrogate_backward", "triton_step",
+           "register_cuda_kernels", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -80,40 +59,26 @@ def _offsets(n, BLOCK: tl.constexpr, INT64: tl.constexpr):
 
 
 @triton.jit
-def _logit(x, alpha, beta, gamma):
-    """z = α·x + β·tanh(γx), plus t = e^(−2|γx|) and r = 1/(1 + t) for sech²."""
-    u = gamma * x
-    t = tl.exp(-2.0 * tl.abs(u))
-    r = 1.0 / (1.0 + t)
-    th = (1.0 - t) * r
-    th = tl.where(u < 0.0, -th, th)
-    return alpha * x + beta * th, t, r
-
-
-@triton.jit
-def _htaf_fwd_kernel(x_ptr, y_ptr, n, alpha, beta, gamma,
+def _htaf_fwd_kernel(x_ptr, y_ptr, n, a_ptr, b_ptr, g_ptr,
                      BLOCK: tl.constexpr, INT64: tl.constexpr):
     offs, mask = _offsets(n, BLOCK, INT64)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
-    z, _t, _r = _logit(x, alpha, beta, gamma)
-    e = tl.exp(-tl.abs(z))
-    q = 1.0 / (1.0 + e)
-    y = tl.where(z >= 0.0, q, e * q)
+    alpha = tl.load(a_ptr).to(tl.float32)
+    beta = tl.load(b_ptr).to(tl.float32)
+    gamma = tl.load(g_ptr).to(tl.float32)
+    y = htaf_value(x, alpha, beta, gamma)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _htaf_bwd_kernel(g_ptr, x_ptr, dx_ptr, n, alpha, beta, gamma, scale,
-                     BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _surrogate_bwd_kernel(g_ptr, x_ptr, dx_ptr, n, p0_ptr, p1_ptr, p2_ptr, scale,
+                          BLOCK: tl.constexpr, INT64: tl.constexpr, KIND: tl.constexpr):
     offs, mask = _offsets(n, BLOCK, INT64)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    z, t, r = _logit(x, alpha, beta, gamma)
-    e = tl.exp(-tl.abs(z))
-    q = 1.0 / (1.0 + e)
-    slope = alpha + (4.0 * beta * gamma) * (t * r * r)
-    d = (e * q * q) * slope
-    tl.store(dx_ptr + offs, (g * (scale * d)).to(dx_ptr.dtype.element_ty), mask=mask)
+    d = derivative(x, tl.load(p0_ptr).to(tl.float32), tl.load(p1_ptr).to(tl.float32),
+                   tl.load(p2_ptr).to(tl.float32), KIND)
+    tl.store(dx_ptr + offs, (g * (d * scale)).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -190,30 +155,46 @@ def _launch(kernel, tensors: list[torch.Tensor], *scalars, **constexprs) -> None
                 num_warps=_NUM_WARPS, **constexprs)
 
 
-def triton_htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
-    """HTAF(x) = σ(α·x + β·tanh(γ·x)) in one fused pass; same dtype and layout as ``x``."""
+def _param_pointers(params, like: torch.Tensor) -> list[torch.Tensor]:
+    """Three 0-d tensors on ``like``'s device for the kernels' hyperparameter pointers (a
+    surrogate with fewer hyperparameters repeats one; the kernel ignores it)."""
+    params = list(params)
+    for p in params:
+        if p.device != like.device or p.numel() != 1:
+            raise ValueError(f"hyperparameters must be one-element tensors on {like.device}, "
+                             f"got {tuple(p.shape)} on {p.device}")
+    if not params:
+        params = [like.new_zeros((), dtype=torch.float32)]
+    return (params + [params[0]] * 3)[:3]
+
+
+def triton_htaf_forward(x: torch.Tensor, params) -> torch.Tensor:
+    """HTAF(x) = σ(α·x + β·tanh(γ·x)) in one fused pass (``params`` = [α, β, γ] as 0-d
+    tensors); same dtype and layout as ``x``."""
     _check_dtype("x", x)
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    _launch(_htaf_fwd_kernel, [_as_layout_of(x, out), out], float(alpha), float(beta),
-            float(gamma))
+    _launch(_htaf_fwd_kernel, [_as_layout_of(x, out), out], *_param_pointers(params, x))
     return out
 
 
-def triton_htaf_backward(grad: torch.Tensor, x: torch.Tensor, alpha: float, beta: float,
-                         gamma: float, scale: float = 1.0) -> torch.Tensor:
-    """``grad · scale · HTAF'(x)`` in one fused pass; same dtype and layout as ``grad``."""
+def triton_surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int, params,
+                              scale: float = 1.0) -> torch.Tensor:
+    """``grad · scale · g'(x)`` for the surrogate with kernel id ``kind``, hyperparameters
+    ``params`` (0-d tensors, field order) in one fused pass; same dtype and layout as ``grad``."""
     _check_dtype("grad", grad)
     _check_dtype("x", x)
-    out = torch.empty_like(grad)
     if x.shape != grad.shape:
         raise ValueError(f"grad and x must have the same shape, got {tuple(grad.shape)} "
                          f"and {tuple(x.shape)}")
+    if kind not in KERNEL_IDS:
+        raise ValueError(f"kind must be a surrogate kernel id in {KERNEL_IDS}, got {kind!r}")
+    out = torch.empty_like(grad)
     if out.numel() == 0:
         return out
-    _launch(_htaf_bwd_kernel, [_as_layout_of(grad, out), _as_layout_of(x, out), out],
-            float(alpha), float(beta), float(gamma), float(scale))
+    _launch(_surrogate_bwd_kernel, [_as_layout_of(grad, out), _as_layout_of(x, out), out],
+            *_param_pointers(params, x), float(scale), KIND=int(kind))
     return out
 
 
@@ -241,29 +222,9 @@ def _triton_capable(t: torch.Tensor) -> bool:
     return _CAPABLE[index]
 
 
-def _cuda_forward(x, alpha, beta, gamma):
-    if x.dtype not in SUPPORTED_DTYPES or not _triton_capable(x):
-        return reference.htaf_forward(x, alpha, beta, gamma)
-    return triton_htaf_forward(x, alpha, beta, gamma)
-
-
-def _cuda_backward(grad, x, alpha, beta, gamma, scale):
-    if (grad.dtype not in SUPPORTED_DTYPES or x.dtype not in SUPPORTED_DTYPES
-            or not _triton_capable(grad)):
-        return reference.htaf_backward(grad, x, alpha, beta, gamma, scale)
-    return triton_htaf_backward(grad, x, alpha, beta, gamma, scale)
-
-
-def _cuda_step(x, signed):
-    if x.dtype not in SUPPORTED_DTYPES or not _triton_capable(x):
-        return reference.step_forward(x, signed)
-    return triton_step(x, signed)
-
-
 def register_cuda_kernels() -> None:
-    """Make the Triton launchers the CUDA implementation of ``torch.ops.htaf.*``."""
-    from . import activation
-
-    activation.forward.register_kernel("cuda")(_cuda_forward)
-    activation.backward.register_kernel("cuda")(_cuda_backward)
-    activation.step.register_kernel("cuda")(_cuda_step)
+    """Make the Triton launchers the CUDA implementation of the elementwise ``torch.ops.htaf``
+    ops."""
+    torch.library.register_kernel("htaf::htaf_forward", "cuda", triton_htaf_forward)
+    torch.library.register_kernel("htaf::surrogate_backward", "cuda", triton_surrogate_backward)
+    torch.library.register_kernel("htaf::step", "cuda", triton_step)
