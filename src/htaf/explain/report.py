@@ -199,8 +199,8 @@ def _logit_bars(before: np.ndarray, after: np.ndarray, classes: Sequence[str], p
 
 
 # --- the page ----------------------------------------------------------------------------------
-# templates/report.html.j2 lays the page out (Jinja2, autoescaped); the code below only gathers
-# what it shows: numbers already formatted as text, file names, class names as they are.
+# templates/report.html.j2 lays the page out (Jinja2 with autoescape on, so class names and the
+# title go in as they are); the code below only gathers what it shows: values, file names, rows.
 _TEMPLATE = "report.html.j2"
 
 
