@@ -100,9 +100,10 @@ def test_concept_metrics_on_hand_built_outputs():
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.ids, self.images, self.classes = set(), [], []
+        self.ids, self.images, self.classes, self.tags, self.text = set(), [], [], set(), []
 
     def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
         a = dict(attrs)
         if "id" in a:
             self.ids.add(a["id"])
@@ -110,6 +111,9 @@ class _Page(HTMLParser):
             self.images.append(a["src"])
         if "class" in a:
             self.classes.append(a["class"])
+
+    def handle_data(self, data):
+        self.text.append(data)
 
 
 def _check_images(page: _Page, folder: Path) -> None:
@@ -153,6 +157,34 @@ def test_report_has_every_section_and_image(tmp_path):
     expected = sum((1 - 2 * c[k]) * w[:, k] for k in r.concepts)
     torch.testing.assert_close(torch.tensor(r.after) - torch.tensor(r.before), expected,
                                rtol=0, atol=1e-5)
+
+
+def test_report_escapes_class_names_and_title(tmp_path):
+    """Class names and the title are text, whatever characters they hold: none becomes a tag, and
+    each reads back exactly as given (the page is a Jinja2 template with autoescape on)."""
+    import dataclasses
+
+    from htaf.data import load_dataset
+    from htaf.explain.report import build_report
+    from htaf.models import create_model
+
+    data = load_dataset("digits")
+    data = dataclasses.replace(data, classes=[f"<i>{c}</i> & \"'{c}&amp;" for c in data.classes])
+    torch.manual_seed(0)
+    model = create_model("icbm_cnn", width=4, num_concepts=8)
+    title = "<script>alert(1)</script> & <b>report</b>"
+    report = build_report(model, data, tmp_path, top=2, per_concept=3, images=[0, 1],
+                          flips=[(0, [1])], title=title)
+    source = report.path.read_text(encoding="utf-8")
+    assert "<script>" not in source and "<i>" not in source and "&amp;amp;" in source
+    page = _Page()
+    page.feed(source)
+    assert not page.tags & {"script", "i"}
+    assert set(SECTIONS) <= page.ids
+    text = "".join(page.text)
+    assert title in text
+    for i in (0, 1):
+        assert data.classes[int(data.test_y[i])] in text
 
 
 def test_cli_explain_prints_intervention_and_writes_report(tmp_path, capsys):

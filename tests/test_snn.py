@@ -1,4 +1,5 @@
-"""Spiking neurons, spiking models and interoperability with SpikingJelly / snnTorch."""
+"""Spiking neurons and spiking models. Equality with SpikingJelly's and snnTorch's neurons:
+tests/test_peers.py."""
 
 from __future__ import annotations
 
@@ -224,66 +225,6 @@ def test_spiking_mlp_learns_digits():
     assert acc >= 0.90, acc
     rate = model.epoch_metrics([(x[te], y[te])])["spike_rate"]
     assert 0.0 < rate < 1.0
-
-
-# -- interoperability (skipped when the peer library is absent) ----------------------------------
-@pytest.mark.parametrize("decay_input", [True, False])
-@pytest.mark.parametrize("v_reset", [0.0, None])
-def test_equals_spikingjelly_lifnode(decay_input, v_reset):
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
-    from htaf.interop import spikingjelly_surrogate
-
-    torch.manual_seed(0)
-    x = (torch.randn(6, 4, 5) * 1.5 + 0.5).requires_grad_()
-    w = torch.randn(6, 4, 5)
-    theirs = sj.LIFNode(tau=2.0, decay_input=decay_input, v_reset=v_reset,
-                        surrogate_function=spikingjelly_surrogate("htaf"), step_mode="m")
-    ours = LIFNode(tau=2.0, decay_input=decay_input, v_reset=v_reset, step_mode="m")
-    s_t, s_o = theirs(x), ours(x)
-    assert torch.equal(s_t, s_o)
-    torch.testing.assert_close(theirs.v, ours.v)
-    g_t, = torch.autograd.grad((s_t * w).sum(), x)
-    g_o, = torch.autograd.grad((s_o * w).sum(), x)
-    torch.testing.assert_close(g_t, g_o)
-
-
-def test_equals_spikingjelly_plif_with_plain_surrogate():
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
-    x = (torch.rand(5, 3, 4) * 3).requires_grad_()
-    theirs = sj.ParametricLIFNode(init_tau=3.0, surrogate_function=get_surrogate("atan"),
-                                  step_mode="m")
-    ours = ParametricLIFNode(init_tau=3.0, surrogate="atan", step_mode="m")
-    s_t, s_o = theirs(x), ours(x)
-    assert torch.equal(s_t, s_o)
-    g_t = torch.autograd.grad(s_t.sum(), [x, theirs.w])
-    g_o = torch.autograd.grad(s_o.sum(), [x, ours.w])
-    for a, b in zip(g_t, g_o):
-        torch.testing.assert_close(a, b)
-
-
-def test_snntorch_leaky_zero_reset_equals_lif_without_decay_input():
-    """snnTorch Leaky(β, reset_mechanism="zero") ≡ LIFNode(τ=1/(1−β), decay_input=False,
-    v_reset=0, detach_reset=True); snnTorch's mem is our H (the potential before the reset)."""
-    snn = pytest.importorskip("snntorch")
-    from htaf.interop import snntorch_spike_grad
-
-    torch.manual_seed(0)
-    x = (torch.randn(6, 3, 4) + 0.6).requires_grad_()
-    beta = 0.75
-    leaky = snn.Leaky(beta=beta, spike_grad=snntorch_spike_grad("htaf"), reset_mechanism="zero")
-    mem = leaky.init_leaky()
-    spk = []
-    for t in range(x.shape[0]):
-        s, mem = leaky(x[t], mem)
-        spk.append(s)
-    s_t = torch.stack(spk)
-    ours = LIFNode(1 / (1 - beta), decay_input=False, detach_reset=True, step_mode="m",
-                   store_v_seq=True)
-    s_o = ours(x)
-    assert torch.equal(s_t, s_o)
-    g_t, = torch.autograd.grad(s_t.sum(), x)
-    g_o, = torch.autograd.grad(s_o.sum(), x)
-    torch.testing.assert_close(g_t, g_o)
 
 
 def test_bfloat16_single_and_multi_step_agree():

@@ -14,7 +14,6 @@ W[ŷ, k]·c_k to the predicted logit), ``interventions`` (logits before/after fl
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,26 +199,9 @@ def _logit_bars(before: np.ndarray, after: np.ndarray, classes: Sequence[str], p
 
 
 # --- the page ----------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232b;
-background:#f6f7f9;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
-h1{font-size:1.6rem;margin:0 0 4px}h2{font-size:1.25rem;margin:36px 0 8px;
-border-bottom:2px solid #dde2e8;padding-bottom:4px}h3{font-size:1rem;margin:0 0 6px}
-p.lead{color:#55606d;margin-top:0}nav a{margin-right:14px;color:#2c5d9e;text-decoration:none}
-table.metrics{border-collapse:collapse;background:#fff;font-size:.92rem}
-table.metrics td,table.metrics th{border:1px solid #dde2e8;padding:5px 12px;text-align:left}
-table.metrics td.num{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:16px}
-.cards.small{grid-template-columns:repeat(auto-fill,minmax(350px,1fr))}
-.card{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:12px 14px}
-.card .row{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}
-.card img{max-width:100%;image-rendering:pixelated}.meta{font-size:.85rem;color:#55606d}
-.thumb{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ccc}
-.ok{color:#2f8f5b;font-weight:600}.bad{color:#c0392b;font-weight:600}
-code{background:#eef1f5;padding:1px 4px;border-radius:3px}
-img.wide{max-width:100%;background:#fff;border:1px solid #dde2e8}
-"""
+# templates/report.html.j2 lays the page out (Jinja2 with autoescape on, so class names and the
+# title go in as they are); the code below only gathers what it shows: values, file names, rows.
+_TEMPLATE = "report.html.j2"
 
 
 def _fmt(key: str, value: float) -> str:
@@ -245,28 +227,32 @@ _METRIC_DOC = {
 }
 
 
-def _metrics_table(metrics: dict[str, float], num_concepts: int) -> str:
-    rows = [f"<tr><th>concepts (K)</th><td class='num'>{num_concepts}</td><td></td></tr>"]
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)):
-            continue
-        doc = _METRIC_DOC.get(key, "")
-        rows.append(f"<tr><th>{html.escape(key)}</th><td class='num'>{_fmt(key, value)}</td>"
-                    f"<td class='meta'>{html.escape(doc)}</td></tr>")
-    return "<table class='metrics'>" + "".join(rows) + "</table>"
+def _metric_rows(metrics: dict[str, float]) -> list[dict[str, str]]:
+    """The summary table's rows: metric name, formatted value, what it measures."""
+    return [{"key": key, "value": _fmt(key, value), "doc": _METRIC_DOC.get(key, "")}
+            for key, value in metrics.items() if isinstance(value, (int, float))]
 
 
-def _history_table(history: list[dict]) -> str:
+def _history_table(history: list[dict]) -> dict | None:
+    """The "last epochs" table (column names, rows of formatted cells), or None when the history
+    has nothing but epoch numbers."""
     keys = [k for k in ("epoch", "acc_hard", "gap", "saturation", "active_per_image",
                         "flip_rate_epoch") if any(k in h for h in history)]
     if len(keys) <= 1:
-        return ""
-    head = "".join(f"<th>{k}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(
-        f"<td class='num'>{_fmt(k, h[k]) if k != 'epoch' and k in h else h.get(k, '')}</td>"
-        for k in keys) + "</tr>" for h in history[-6:])
-    return (f"<h3 style='margin-top:18px'>Last epochs</h3><table class='metrics'><tr>{head}</tr>"
-            f"{body}</table>")
+        return None
+    rows = [[_fmt(k, h[k]) if k != "epoch" and k in h else str(h.get(k, "")) for k in keys]
+            for h in history[-6:]]
+    return {"columns": keys, "rows": rows}
+
+
+def _render_page(**context) -> str:
+    """index.html from templates/report.html.j2, every value HTML-escaped (autoescape)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("htaf.explain", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(_TEMPLATE).render(**context)
 
 
 def _default_images(out: ConceptOutputs, n: int = 6) -> list[int]:
@@ -346,7 +332,7 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
 
     _heatmap(weight.numpy(), order, classes, out_dir / "weights.png")
     base = np.bincount(out.labels.numpy(), minlength=len(classes)) / n
-    cards = []
+    concept_cards = []
     for k in shown:
         on = torch.nonzero(out.codes[:, k]).flatten()
         top_idx = on[torch.argsort(out.pre[on, k], descending=True)][:per_concept]
@@ -355,19 +341,16 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
         _class_mix(counts, base, classes, out_dir / f"concept_{k:03d}_classes.png",
                    f"concept {k}: on for {len(on)}/{n} images")
         favours = torch.argsort(weight[:, k], descending=True)
-        top_classes = ", ".join(html.escape(classes[c]) for c in out.labels[top_idx][:8].tolist())
-        cards.append(
-            f"<div class='card' id='concept-{k}'><h3>Concept {k}</h3>"
-            f"<p class='meta'>on for {100 * len(on) / n:.1f}% of test images · importance "
-            f"{importance[k]:.3f}<br>raises <b>{html.escape(classes[favours[0]])}</b> "
-            f"({weight[favours[0], k]:+.2f}) · lowers <b>{html.escape(classes[favours[-1]])}</b> "
-            f"({weight[favours[-1], k]:+.2f})</p>"
-            f"<img src='concept_{k:03d}_top.png' alt='top images of concept {k}'>"
-            f"<p class='meta'>switch it on hardest (largest z), classes: {top_classes}"
-            f"{'…' if len(top_idx) > 8 else ''}</p>"
-            f"<img src='concept_{k:03d}_classes.png' alt='class mix of concept {k}'></div>")
+        up, down = int(favours[0]), int(favours[-1])
+        concept_cards.append({
+            "k": k, "on_percent": 100 * len(on) / n, "importance": float(importance[k]),
+            "raises": classes[up], "raises_weight": float(weight[up, k]),
+            "lowers": classes[down], "lowers_weight": float(weight[down, k]),
+            "top_png": f"concept_{k:03d}_top.png", "classes_png": f"concept_{k:03d}_classes.png",
+            "top_classes": [classes[c] for c in out.labels[top_idx][:8].tolist()],
+            "more": len(top_idx) > 8})
 
-    img_cards = []
+    image_cards = []
     for i in chosen:
         c, p, y = out.codes[i], int(preds[i]), int(out.labels[i])
         active = torch.nonzero(c).flatten().numpy()
@@ -377,18 +360,12 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
         _contributions(contrib, active, float(bias[p]), float(logits[p]),
                        f"image {i}: why '{classes[p]}'", out_dir / f"image_{i:05d}_contrib.png")
         top3 = torch.topk(logits, min(3, len(classes)))
-        tops = ", ".join(f"{html.escape(classes[j])} {v:.2f}" for v, j in
-                         zip(top3.values.tolist(), top3.indices.tolist()))
-        links = " ".join(f"<a href='#concept-{a}'>c{a}</a>" if a in shown else f"c{a}"
-                         for a in active.tolist())
-        verdict = "ok" if p == y else "bad"
-        img_cards.append(
-            f"<div class='card' id='image-{i}'><h3>Test image {i}</h3><div class='row'>"
-            f"<div><img class='thumb' src='image_{i:05d}.png' alt='test image {i}'>"
-            f"<p class='meta'>true <b>{html.escape(classes[y])}</b><br>predicted "
-            f"<span class='{verdict}'>{html.escape(classes[p])}</span></p></div>"
-            f"<img src='image_{i:05d}_contrib.png' alt='contributions for image {i}'></div>"
-            f"<p class='meta'>top logits: {tops}<br>concepts on ({len(active)}): {links}</p></div>")
+        image_cards.append({
+            "index": i, "thumb_png": f"image_{i:05d}.png", "contrib_png": f"image_{i:05d}_contrib.png",
+            "true": classes[y], "predicted": classes[p], "correct": p == y,
+            "top_logits": [(classes[j], v) for v, j in zip(top3.values.tolist(),
+                                                           top3.indices.tolist())],
+            "active": active.tolist()})
 
     results, flip_cards = [], []
     for i, concepts in flips:
@@ -403,46 +380,16 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
                     f"image {i}: flip concept(s) {', '.join(map(str, concepts))}")
         if not (out_dir / f"image_{i:05d}.png").exists():
             _to_pil(dataset.test_x[i], 96).save(out_dir / f"image_{i:05d}.png")
-        was = ", ".join(f"c{k}: {'on→off' if out.codes[i, k] else 'off→on'}" for k in concepts)
-        flip_cards.append(
-            f"<div class='card'><h3>Image {i}: flip {html.escape(was)}</h3><div class='row'>"
-            f"<img class='thumb' src='image_{i:05d}.png' alt='test image {i}'>"
-            f"<img src='{name}' alt='logits before and after flipping'></div><p class='meta'>"
-            f"true <b>{html.escape(classes[r.label])}</b> · prediction "
-            f"<b>{html.escape(classes[r.pred_before])}</b> → <b>{html.escape(classes[r.pred_after])}"
-            f"</b></p></div>")
+        flip_cards.append({
+            "index": i, "thumb_png": f"image_{i:05d}.png", "png": name,
+            "flipped": [(k, bool(out.codes[i, k])) for k in concepts],
+            "true": classes[r.label], "before": classes[r.pred_before],
+            "after": classes[r.pred_after]})
 
-    nav = "".join(f"<a href='#{s}'>{t}</a>" for s, t in (
-        ("summary", "Summary"), ("weights", "Weights"), ("concepts", "Concepts"),
-        ("images", "Images"), ("interventions", "Interventions")))
-    flips_html = "".join(flip_cards) or (
-        "<p class='meta'>No intervention requested. Run <code>htaf explain RUN_DIR --flip "
-        "IMAGE:CONCEPT[,CONCEPT...]</code> or call <code>model.intervene(x, flip=[k])</code>.</p>")
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
-<body><main>
-<h1>{html.escape(title)}</h1>
-<p class="lead">Implicit Concept Bottleneck Model: {k_all} binary concepts, {len(classes)} classes,
-{n} test images. Concepts are hard (1[z ≥ 0]) everywhere below.</p>
-<nav>{nav}</nav>
-<section id="summary"><h2>Summary</h2>{_metrics_table(metrics, k_all)}{_history_table(history or [])}
-</section>
-<section id="weights"><h2>Class × concept weights</h2>
-<p class="meta">Head weight W[class, concept]: red pushes the class up when the concept is on, blue
-pushes it down. Flipping concept k moves the logits by exactly ±W[:, k].</p>
-<img class="wide" src="weights.png" alt="class by concept weight heatmap"></section>
-<section id="concepts"><h2>Concepts ({len(shown)} of {k_all}, most important first)</h2>
-<p class="meta">Importance = mean over test images of |W[ŷ, k]| when concept k is on. Bars: class mix
-of the test images where the concept is on; orange ticks: class mix of all test images.</p>
-<div class="cards small">{''.join(cards)}</div></section>
-<section id="images"><h2>Test images explained</h2>
-<p class="meta">Each bar is a concept that fired and its contribution W[ŷ, k] to the predicted
-class's logit (logit = bias + sum of the bars over all concepts that fired).</p>
-<div class="cards">{''.join(img_cards)}</div></section>
-<section id="interventions"><h2>Interventions</h2><div class="cards">{flips_html}</div></section>
-</main></body></html>
-"""
+    page = _render_page(
+        title=title, num_concepts=k_all, num_images=n, classes=classes,
+        metrics=_metric_rows(metrics), history=_history_table(history or []),
+        concepts=concept_cards, shown=set(shown), images=image_cards, flips=flip_cards)
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
