@@ -101,10 +101,14 @@ def test_compare_end_to_end_writes_table_report_and_plots(tmp_path, capsys):
     assert {r["variant"]["depth"] for r in data["rows"]} == {1, 3}
 
 
-def test_htaf_on_a_binary_net_is_not_trained_twice(tmp_path):
-    from htaf.compare import CompareConfig, compare
+def test_smooth_htaf_is_not_a_variant_of_a_binary_net(tmp_path):
+    """'htaf' means smooth HTAF in every family: on a BNN (or SNN) it is an error naming both,
+    and the default line-up there leaves it out instead of training htaf_st twice."""
+    from htaf.compare import DEFAULT_ACTIVATIONS, CompareConfig
 
-    res = compare(CompareConfig(model="bnn_mlp", model_kwargs={"hidden": [16]},
-                                activations=("htaf", "htaf_st", "relu"), seeds=(0,), epochs=1,
-                                out_dir=None), progress=None)
-    assert [r["variant"].activation for r in res.rows] == ["htaf_st", "relu"]
+    with pytest.raises(ValueError, match="'htaf' is smooth.*BNN"):
+        CompareConfig(model="bnn_mlp", activations=("htaf", "htaf_st", "relu")).variants()
+    for model in ("bnn_mlp", "snn_mlp"):
+        acts = CompareConfig(model=model).activations
+        assert "htaf" not in acts and "htaf_st" in acts and set(acts) < set(DEFAULT_ACTIVATIONS)
+    assert "htaf" in CompareConfig(model="dhn_mlp").activations

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bnn_digits import digits_split, trained_digits_mlp
-from htaf import _native
+from htaf import _build, _native
 from htaf.cli import main
 from htaf.deploy import (
     PackedModel,
@@ -328,20 +328,9 @@ def test_onnx_export_check_with_exact_sign_ties(tmp_path):
 
 
 @pytest.mark.parametrize("name, kw, shape", [
-    pytest.param("dhn_mlp", {"in_features": 64, "depth": 3, "width": 32}, (64,),
-                 marks=pytest.mark.xfail(strict=True, raises=torch.onnx.errors.UnsupportedOperatorError,
-                                         reason="hard Heaviside is the custom op htaf::step, which "
-                                         "has no ONNX symbolic")),
-    pytest.param("dhn_cnn", {"in_channels": 1, "image_size": 8, "depth": 2, "width_mult": 1 / 16},
-                 (1, 8, 8),
-                 marks=pytest.mark.xfail(strict=True, raises=torch.onnx.errors.UnsupportedOperatorError,
-                                         reason="hard Heaviside is the custom op htaf::step, which "
-                                         "has no ONNX symbolic")),
-    pytest.param("icbm_cnn", {"num_concepts": 16, "width": 8}, (1, 8, 8),
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
-                                         reason="the TorchScript exporter's tracer calls .detach() on "
-                                         "every state-dict entry and ICBM's _extra_state is a dict "
-                                         "(then htaf::step, as for DHN)")),
+    ("dhn_mlp", {"in_features": 64, "depth": 3, "width": 32}, (64,)),
+    ("dhn_cnn", {"in_channels": 1, "image_size": 8, "depth": 2, "width_mult": 1 / 16}, (1, 8, 8)),
+    ("icbm_cnn", {"num_concepts": 16, "width": 8}, (1, 8, 8)),
 ])
 def test_onnx_export_of_dhn_and_icbm_in_hard_mode(name, kw, shape, tmp_path):
     pytest.importorskip("onnx", reason=f"onnx is not installed ({ONNX_EXTRA})")
@@ -415,7 +404,8 @@ def test_auto_backend_falls_back_when_no_compiler(monkeypatch):
 
 def test_native_compile_can_be_disabled(monkeypatch):
     monkeypatch.setenv("HTAF_NO_NATIVE", "1")
-    assert _native._compile() is None
+    monkeypatch.setattr(_build, "_loaded", {})
+    assert _build.load_library("htaf_xor_popcount", _native._SOURCE) is None
     monkeypatch.setattr(_native, "_lib", None)
     monkeypatch.setattr(_native, "_tried", True)
     with pytest.raises(RuntimeError, match="not available"):

@@ -41,8 +41,7 @@ from pathlib import Path
 import torch
 
 from ._checks import check_int, check_real
-from .nn import create_act
-from .surrogates import get_surrogate
+from .surrogates import get_surrogate, resolve_activation
 
 __all__ = ["CompareConfig", "CompareResult", "Variant", "compare", "build_variants",
            "DEFAULT_ACTIVATIONS"]
@@ -118,13 +117,15 @@ def _scale_params(activation: str) -> list[tuple[str, float]]:
 
 
 def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (None,),
-                   scales: Sequence[float] = (), annealed: bool = False) -> list[Variant]:
-    """All variants of a comparison, validated (unknown activations or parameters raise
-    ``ValueError`` before anything trains). ``annealed``: smooth HTAF's γ follows a schedule, so
-    its γ sweep scales the schedule (``gamma_mult``) instead of setting γ."""
+                   scales: Sequence[float] = (), annealed: bool = False,
+                   family: str | None = None) -> list[Variant]:
+    """All variants of a comparison, validated (unknown activations or parameters, and modes the
+    model ``family`` cannot train, raise ``ValueError`` before anything trains). ``annealed``:
+    smooth HTAF's γ follows a schedule, so its γ sweep scales the schedule (``gamma_mult``)
+    instead of setting γ."""
     variants: list[Variant] = []
     for act in activations:
-        create_act(act)                        # "unknown activation ..." naming the choices
+        resolve_activation(act, family=family)   # "unknown activation ..." naming the choices
         sweeps: list[tuple[tuple[tuple[str, float], ...], float]] = [((), 1.0)]
         for param, default in _scale_params(act):
             for m in scales:
@@ -135,7 +136,7 @@ def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (N
                 else:
                     sweeps.append((((param, default * m),), 1.0))
         for params, gamma_mult in sweeps:
-            create_act(act, **dict(params))    # e.g. a multiple that breaks a bound
+            resolve_activation(act, dict(params))   # e.g. a multiple that breaks a bound
             for depth in depths:
                 variants.append(Variant(act, params, depth, gamma_mult))
     seen: set[Variant] = set()
@@ -172,10 +173,12 @@ class CompareConfig:
     keep_runs: bool = False
 
     def __post_init__(self):
-        from .models import list_models
+        from .models import model_family
 
-        if self.model not in list_models():
-            raise ValueError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
+        family = model_family(self.model)        # "unknown model ..." naming the choices
+        if self.activations == DEFAULT_ACTIVATIONS and family in ("snn", "bnn"):
+            # spikes and signs are exact in training: smooth HTAF is not a variant there
+            self.activations = tuple(a for a in DEFAULT_ACTIVATIONS if a != "htaf")
         if self.model_kwargs is None:
             self.model_kwargs = dict(MLP_DEFAULTS) if self.model == "dhn_mlp" else {}
         self.model_kwargs = dict(self.model_kwargs)
@@ -202,8 +205,11 @@ class CompareConfig:
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
 
     def variants(self) -> list[Variant]:
+        from .models import model_family
+
         return build_variants(self.activations, self.depths or (None,), self.scales,
-                              annealed=self.anneal_gamma is not None)
+                              annealed=self.anneal_gamma is not None,
+                              family=model_family(self.model))
 
     def train_config(self, variant: Variant, seed: int):
         """The :class:`htaf.engine.TrainConfig` of one run."""
@@ -355,28 +361,6 @@ def _aggregate(variants: list[Variant], runs: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ running
 
-def _without_smooth_duplicates(config: CompareConfig, variants: list[Variant], dataset,
-                               say) -> list[Variant]:
-    """Drop ``htaf`` variants whose model has no smooth layer (spiking and binary networks: a
-    spike or a sign is always an exact step, so ``htaf`` builds the ``htaf_st`` network) when the
-    matching ``htaf_st`` variant is in the line-up too; it would train the same network twice."""
-    from .engine import build_model
-    from .nn import BinaryActivation
-
-    st_twins = {(v.params, v.depth, v.gamma_mult) for v in variants if _key(v.activation) == "htaf_st"}
-    out = []
-    for v in variants:
-        if v.smooth and (v.params, v.depth, v.gamma_mult) in st_twins:
-            model = build_model(config.train_config(v, config.seeds[0]), dataset)
-            if not any(isinstance(m, BinaryActivation) and m.mode == "smooth"
-                       for m in model.modules()):
-                say(f"note: {config.model} has no smooth layer (its steps are always exact), so "
-                    f"'{v.label}' is the same network as htaf_st: trained once, as htaf_st")
-                continue
-        out.append(v)
-    return out
-
-
 def compare(config: CompareConfig | None = None,
             progress: Callable[[str], None] | None = print) -> CompareResult:
     """Train every variant × seed of ``config``; write the report (unless ``out_dir`` is None)."""
@@ -389,11 +373,6 @@ def compare(config: CompareConfig | None = None,
     configs = [config.train_config(v, s) for v, s in jobs]   # validates everything up front
     dataset = load_dataset(config.data)
     say = progress or (lambda _msg: None)
-    kept = _without_smooth_duplicates(config, variants, dataset, say)
-    if kept != variants:
-        variants = kept
-        jobs = [(v, s) for v in variants for s in config.seeds]
-        configs = [config.train_config(v, s) for v, s in jobs]
     say(f"htaf compare: {config.model} {json.dumps(config.model_kwargs)} on {dataset.name} "
         f"({dataset.train_x.shape[0]} train / {dataset.test_x.shape[0]} test), "
         f"{len(variants)} variant{'s' * (len(variants) > 1)} × {len(config.seeds)} "

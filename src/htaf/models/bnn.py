@@ -70,7 +70,7 @@ def _check_common(in_channels, image_size, num_classes, width_mult):
     check_real("width_mult", width_mult, low=0.0)
 
 
-@register_model("bnn_vgg_small")
+@register_model("bnn_vgg_small", family="bnn")
 def bnn_vgg_small(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                   activation: str = "htaf_st", width_mult: float = 1.0, binary_first: bool = False,
                   binary_last: bool = False, weight_quantizer: str | None = "ste",
@@ -170,7 +170,7 @@ class BNNResNet(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("bnn_resnet18")
+@register_model("bnn_resnet18", family="bnn")
 def bnn_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                  activation: str = "htaf_st", width_mult: float = 1.0, binary_first: bool = False,
                  binary_last: bool = False, weight_quantizer: str | None = "ste",
@@ -202,7 +202,7 @@ def bnn_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int
     return BNNResNet(stem, nn.Sequential(*blocks), head)
 
 
-@register_model("bnn_mlp")
+@register_model("bnn_mlp", family="bnn")
 def bnn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
             in_features: int | None = None, activation: str = "htaf_st", hidden=(256, 256),
             binary_first: bool = False, binary_last: bool = False,

@@ -157,7 +157,7 @@ class DHNCNN(nn.Module):
         return self.head(self.dropout(self.pool(self.features(x))))
 
 
-@register_model("dhn_mlp")
+@register_model("dhn_mlp", family="dhn")
 def dhn_mlp(*, in_channels: int | None = None, image_size: int | None = None,
             in_features: int | None = None, num_classes: int = 10, depth: int = 6,
             width: int = 256, activation: str = "htaf", act_params: dict | None = None,
@@ -172,7 +172,7 @@ def dhn_mlp(*, in_channels: int | None = None, image_size: int | None = None,
                   act_params=act_params, norm=norm, dropout=dropout)
 
 
-@register_model("dhn_cnn")
+@register_model("dhn_cnn", family="dhn")
 def dhn_cnn(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
             widths: Sequence[int] | None = None, depth: int = 6, width_mult: float = 1.0,
             activation: str = "htaf", act_params: dict | None = None, norm: str = "batch",

@@ -190,7 +190,7 @@ def _standard(kind: str, *, in_channels: int, image_size: int, num_classes: int,
     return StandardClassifier(backbone, feat_dim, num_classes)
 
 
-@register_model("icbm_cnn")
+@register_model("icbm_cnn", family="icbm")
 def icbm_cnn(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
              num_concepts: int = 32, width: int = 32, **kw) -> ICBM:
     """ICBM on :class:`~htaf.models.backbones.SmallCNN` (feat_dim = 4·width); for digits/MNIST.
@@ -199,7 +199,7 @@ def icbm_cnn(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10
                  num_concepts=num_concepts, width=width, **kw)
 
 
-@register_model("icbm_resnet18")
+@register_model("icbm_resnet18", family="icbm")
 def icbm_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                   num_concepts: int = 64, width: int = 64, **kw) -> ICBM:
     """ICBM on a CIFAR-style ResNet-18 (3×3 stem, no max-pool; feat_dim = 8·width)."""
@@ -207,7 +207,7 @@ def icbm_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: in
                  num_classes=num_classes, num_concepts=num_concepts, width=width, **kw)
 
 
-@register_model("icbm_tv")
+@register_model("icbm_tv", family="icbm")
 def icbm_tv(*, in_channels: int = 3, image_size: int = 224, num_classes: int = 10,
             num_concepts: int = 64, arch: str = "resnet18", pretrained_weights: str | None = None,
             **kw) -> ICBM:
@@ -217,7 +217,7 @@ def icbm_tv(*, in_channels: int = 3, image_size: int = 224, num_classes: int = 1
                  num_concepts=num_concepts, arch=arch, pretrained_weights=pretrained_weights, **kw)
 
 
-@register_model("std_cnn")
+@register_model("std_cnn", family="icbm")
 def std_cnn(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
             width: int = 32) -> StandardClassifier:
     """Baseline for ``icbm_cnn``: SmallCNN + linear head."""
@@ -225,7 +225,7 @@ def std_cnn(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
                      num_classes=num_classes, width=width)
 
 
-@register_model("std_resnet18")
+@register_model("std_resnet18", family="icbm")
 def std_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                  width: int = 64) -> StandardClassifier:
     """Baseline for ``icbm_resnet18``: CIFAR-style ResNet-18 + linear head."""
@@ -233,10 +233,10 @@ def std_resnet18(*, in_channels: int = 3, image_size: int = 32, num_classes: int
                      num_classes=num_classes, width=width)
 
 
-register_model("resnet18")(std_resnet18)
+register_model("resnet18", family="icbm")(std_resnet18)
 
 
-@register_model("std_tv")
+@register_model("std_tv", family="icbm")
 def std_tv(*, in_channels: int = 3, image_size: int = 224, num_classes: int = 10,
            arch: str = "resnet18", pretrained_weights: str | None = None) -> StandardClassifier:
     """Baseline for ``icbm_tv``: the torchvision backbone + linear head."""

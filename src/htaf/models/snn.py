@@ -146,7 +146,7 @@ def _common(kw: dict, model: str) -> tuple[_NeuronFactory, int, str]:
     return _NeuronFactory(activation, act_params, **neuron), T, encoding
 
 
-@register_model("snn_mlp")
+@register_model("snn_mlp", family="snn")
 def snn_mlp(*, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
             in_features: int | None = None, width: int = 256, depth: int = 2, **kw) -> SpikingNet:
     """Spiking MLP: [Linear → BatchNorm1d → neuron] × depth → Linear, logits averaged over T.
@@ -174,7 +174,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
 
 
-@register_model("snn_vgg")
+@register_model("snn_vgg", family="snn")
 def snn_vgg(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
             width: int = 64, depth: int = 6, **kw) -> SpikingNet:
     """VGG-style spiking CNN: ``depth`` (even) conv-BN-neuron blocks with widths
@@ -215,7 +215,7 @@ class SEWBlock(nn.Module):
         return self.main(s) + self.shortcut(s)
 
 
-@register_model("snn_sew_resnet")
+@register_model("snn_sew_resnet", family="snn")
 def snn_sew_resnet(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                    width: int = 64, depth: int = 1, **kw) -> SpikingNet:
     """SEW-ResNet for small images: conv-BN-neuron stem, three stages of ``depth`` SEW blocks
