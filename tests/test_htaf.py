@@ -69,7 +69,14 @@ def test_gradient_mass_near_zero():
     assert mass == pytest.approx(0.7815, abs=5e-5)
     assert sigmoid4 == pytest.approx(0.7616, abs=5e-5)
     assert atan == pytest.approx(0.6391, abs=5e-5)
-    assert mass > sigmoid4 > atan
+    assert mass > sigmoid4 > atan   # but those two have slope 1 at zero, HTAF 1.125:
+    slope = htaf_derivative(torch.zeros(1, dtype=torch.float64)).item()
+    assert slope == pytest.approx(1.125)
+    matched = (torch.sigmoid(4 * slope * half)[1] - torch.sigmoid(4 * slope * half)[0]).item()
+    assert matched == pytest.approx(0.8093, abs=5e-5) and matched > mass   # σ(4.5x) holds more
+    far = torch.tensor([6.0], dtype=torch.float64)   # ... and has a far lighter tail
+    sig_tail = (4 * slope * torch.sigmoid(4 * slope * far) * torch.sigmoid(-4 * slope * far)).item()
+    assert htaf_derivative(far).item() > 100 * sig_tail
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,5 +1,4 @@
-"""HTAF inside SpikingJelly and snnTorch (both optional: ``pip install htaf[spikingjelly]`` /
-``htaf[snntorch]``).
+"""HTAF inside SpikingJelly and snnTorch (both optional: ``pip install "htaf[peers]"``).
 
 Both libraries take the spike function as a callable ``x ↦ spike`` whose backward is the surrogate
 gradient: SpikingJelly's ``surrogate_function=`` (called on ``v − v_threshold``) and snnTorch's

@@ -34,6 +34,22 @@ __all__ = ["triton_lif_forward", "triton_lif_backward", "register_cuda_kernels"]
 
 
 @triton.jit
+def _neurons(N, BLOCK: tl.constexpr):
+    """This program's ``BLOCK`` neurons: (pid, offsets, mask, N as int64 for row offsets — t·N in
+    int32 overflows once T·N ≥ 2^31)."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return pid, offs, offs < N, tl.cast(N, tl.int64)
+
+
+@triton.jit
+def _params(p0_ptr, p1_ptr, p2_ptr):
+    """The surrogate's hyperparameters, from their 0-d tensors."""
+    return (tl.load(p0_ptr).to(tl.float32), tl.load(p1_ptr).to(tl.float32),
+            tl.load(p2_ptr).to(tl.float32))
+
+
+@triton.jit
 def _charge(v, x, k, r, LEAKY: tl.constexpr, DECAY_INPUT: tl.constexpr):
     if LEAKY:
         if DECAY_INPUT:
@@ -53,13 +69,20 @@ def _reset(h, s, v_th, v_reset, HARD: tl.constexpr):
     return v
 
 @triton.jit
+def _dh_dk(h, vprev, k, r, DECAY_INPUT: tl.constexpr):
+    """∂H[t]/∂k of PLIF's learnable decay k: (H − V[t−1])/k, or R − V[t−1] (decay_input=False)."""
+    if DECAY_INPUT:
+        d = (h - vprev) / k
+    else:
+        d = r - vprev
+    return d
+
+
+@triton.jit
 def _lif_fwd_kernel(x_ptr, v0_ptr, k_ptr, s_ptr, vlast_ptr, h_ptr, N, T, v_th, v_reset,
                     HARD: tl.constexpr, LEAKY: tl.constexpr, DECAY_INPUT: tl.constexpr,
                     STORE_H: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
+    _pid, offs, mask, n64 = _neurons(N, BLOCK)
     k = tl.load(k_ptr).to(tl.float32)
     r = v_reset if HARD else 0.0
     v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -108,14 +131,9 @@ def _lif_bwd_kernel(gs_ptr, gvlast_ptr, x_ptr, v0_ptr, k_ptr, gx_ptr, gv0_ptr, g
                     T: tl.constexpr, T_PAD: tl.constexpr, HARD: tl.constexpr,
                     LEAKY: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH: tl.constexpr,
                     KIND: tl.constexpr, NEED_GK: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
+    pid, offs, mask, n64 = _neurons(N, BLOCK)
     k = tl.load(k_ptr).to(tl.float32)
-    p0 = tl.load(p0_ptr).to(tl.float32)
-    p1 = tl.load(p1_ptr).to(tl.float32)
-    p2 = tl.load(p2_ptr).to(tl.float32)
+    p0, p1, p2 = _params(p0_ptr, p1_ptr, p2_ptr)
     r = v_reset if HARD else 0.0
     tt = tl.arange(0, T_PAD)[:, None]
     v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -143,14 +161,11 @@ def _lif_bwd_kernel(gs_ptr, gvlast_ptr, x_ptr, v0_ptr, k_ptr, gx_ptr, gv0_ptr, g
             else:
                 hp = tl.sum(tl.where(tt == t - 1, hs, 0.0), axis=0)
                 vprev = _reset(hp, (hp >= v_th).to(tl.float32), v_th, v_reset, HARD)
-            if DECAY_INPUT:
-                dhdk = (h - vprev) / k
-            else:
-                dhdk = r - vprev
-            gk += tl.where(mask, gh * dhdk, 0.0)
+            gk += tl.where(mask, gh * _dh_dk(h, vprev, k, r, DECAY_INPUT), 0.0)
     tl.store(gv0_ptr + offs, gv.to(gv0_ptr.dtype.element_ty), mask=mask)
     if NEED_GK:
         tl.store(gk_ptr + pid, tl.sum(gk, axis=0))
+
 
 @triton.jit
 def _lif_bwd_stored_kernel(gs_ptr, gvlast_ptr, h_ptr, v0_ptr, k_ptr, gx_ptr, gv0_ptr, gk_ptr,
@@ -160,14 +175,9 @@ def _lif_bwd_stored_kernel(gs_ptr, gvlast_ptr, h_ptr, v0_ptr, k_ptr, gx_ptr, gv0
                            DETACH: tl.constexpr, KIND: tl.constexpr,
                            NEED_GK: tl.constexpr, BLOCK: tl.constexpr):
     """BPTT for long sequences (T > MAX_T_RECOMPUTE): reads the H saved by the forward."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    n64 = tl.cast(N, tl.int64)  # row stride: t·N in int32 overflows once T·N ≥ 2^31
+    pid, offs, mask, n64 = _neurons(N, BLOCK)
     k = tl.load(k_ptr).to(tl.float32)
-    p0 = tl.load(p0_ptr).to(tl.float32)
-    p1 = tl.load(p1_ptr).to(tl.float32)
-    p2 = tl.load(p2_ptr).to(tl.float32)
+    p0, p1, p2 = _params(p0_ptr, p1_ptr, p2_ptr)
     r = v_reset if HARD else 0.0
     v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     gv = tl.load(gvlast_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -183,11 +193,7 @@ def _lif_bwd_stored_kernel(gs_ptr, gvlast_ptr, h_ptr, v0_ptr, k_ptr, gx_ptr, gv0
             hp = tl.load(h_ptr + (t - 1) * n64 + offs, mask=mask & (t > 0), other=0.0)
             vp = _reset(hp, (hp >= v_th).to(tl.float32), v_th, v_reset, HARD)
             vprev = tl.where(t > 0, vp, v0)
-            if DECAY_INPUT:
-                dhdk = (h - vprev) / k
-            else:
-                dhdk = r - vprev
-            gk += tl.where(mask, gh * dhdk, 0.0)
+            gk += tl.where(mask, gh * _dh_dk(h, vprev, k, r, DECAY_INPUT), 0.0)
     tl.store(gv0_ptr + offs, gv.to(gv0_ptr.dtype.element_ty), mask=mask)
     if NEED_GK:
         tl.store(gk_ptr + pid, tl.sum(gk, axis=0))
