@@ -379,8 +379,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the part's epochs")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="override the part's seeds")
-    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="M",
-                   help="override the part's scale sweep")
+    p.add_argument("--scales", type=float, nargs="*", default=None, metavar="M",
+                   help="override the part's scale sweep (no value: none)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--jobs", type=int, default=0,
