@@ -119,10 +119,21 @@ def _parts(tp) -> tuple[list, bool]:
     return [tp], False
 
 
+def _nullable(convert):
+    """``convert``, except that ``none`` (or ``null``) gives None."""
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")    # argparse names it in errors
+    return parse
+
+
 def _kind(tp) -> dict:
     """argparse keywords for a field's annotation."""
-    parts, _ = _parts(tp)
+    parts, optional = _parts(tp)
     first = parts[0]
+    if optional and first in (int, float, str):
+        return {"type": _nullable(first)}
     if typing.get_origin(first) is typing.Literal:
         return {"choices": typing.get_args(first)}
     if first is bool:

@@ -511,18 +511,19 @@ def _execute(todo, config: CompareConfig, dataset, jobs: int, folder: Path | Non
              say) -> dict[str, dict]:
     """Train ``todo`` (in this process, or in ``jobs`` worker processes); each finished run's record
     is appended to ``runs.jsonl`` at once, so a killed comparison keeps what it finished."""
+    from .engine.runlog import RunLog
+
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
     width = len(str(len(todo)))
+    log = RunLog(folder) if folder is not None else None
 
     def finished(item, rec):
         v, seed, tc = item
         rec.update(variant_json=v.to_json(), seed=seed, trajectory=tc.trajectory())
         out[_run_key(tc)] = rec
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "runs.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({k: v for k, v in rec.items() if k != "variant"}) + "\n")
+        if log is not None:
+            log.append("runs.jsonl", rec)
         m, done = rec["metrics"], len(out)
         eta = (time.perf_counter() - t0) / done * (len(todo) - done)
         say(f"[{done:>{width}}/{len(todo)}] {v.label:<28} seed {seed}: hard val "
