@@ -64,9 +64,10 @@ class RunResult:
 def train(config: TrainConfig, *, dataset=None) -> RunResult:
     """Train ``config``; see the module docstring for what happens and what is written.
 
-    ``dataset``: an already loaded :class:`~htaf.data.ImageDataset` (with a validation split) to
-    use instead of loading ``config.data`` again, for sweeps that train many models on the same
-    data; it should be the dataset ``config`` names, since ``load_run`` reloads that one.
+    ``dataset``: an already loaded :class:`~htaf.data.ImageDataset` to use instead of loading
+    ``config.data`` again, for sweeps that train many models on the same data (without a
+    validation split, ``config.val_fraction`` of its training split is carved out); it should be
+    the dataset ``config`` names, since ``load_run`` reloads that one.
     """
     config.validate()
     env = distributed.setup(config.device)
@@ -86,10 +87,7 @@ def _dataset(config: TrainConfig, dataset, env: distributed.Distributed):
                                val_fraction=config.val_fraction)
         if env.local_rank == 0:
             env.barrier()
-    if "val" not in dataset.splits:
-        raise ValueError(f"dataset {dataset.name!r} has no validation split: load it with "
-                         f"load_dataset(..., val_fraction=...)")
-    return dataset
+    return dataset.with_validation(config.val_fraction)   # a dataset's own split wins
 
 
 class Trainer:
