@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,7 +279,7 @@ class CompareResult:
                   f"{anneal}")
         return (f"Model `{r['model']}` {json.dumps(r['model_kwargs'])} on "
                 f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
-                f"device {self.device}, {platform.machine()}"
+                f"device {self.device}"
                 + (f"; total wall time {self.wall:.0f} s." if self.wall is not None else "."))
 
 
