@@ -107,3 +107,13 @@ def test_speed_writes_where_the_report_reads_whatever_the_cwd(tmp_path, monkeypa
     assert len(calls) == len(reproduce.SPEED)
     for (args, _), path in zip(calls, written):
         assert Path(args[-1]) == tmp_path / "speed" / path.name
+
+
+def test_readme_compare_table_is_the_committed_output():
+    """The README's htaf compare table is generated from docs/results/digits, never typed."""
+    root = Path(__file__).resolve().parents[1]
+    body = (root / "README.md").read_text()
+    block = body.split(reproduce.COMPARE_BEGIN, 1)[1].split(reproduce.COMPARE_END, 1)[0]
+    saved = root / "docs" / "results" / "digits" / "results.json"
+    res = CompareResult.from_json(json.loads(saved.read_text())) if saved.exists() else None
+    assert block.strip() == reproduce._compare_section(res).strip()
