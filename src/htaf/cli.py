@@ -29,13 +29,14 @@ def _add_plot(sub) -> None:
 
 
 def _run_plot(args) -> int:
+    from .engine.runlog import atomic_write_text
     from .plotting import format_table, gradient_mass_table, plot_surrogates
 
     rows = gradient_mass_table(args.surrogates)
     table = format_table(rows)
     print(table)
     paths = plot_surrogates(args.out, args.surrogates)
-    (Path(args.out) / "gradient_mass.md").write_text(table + "\n")
+    atomic_write_text(Path(args.out) / "gradient_mass.md", table + "\n")
     for path in paths:
         print(f"wrote {path}")
     return 0
