@@ -52,7 +52,7 @@ class HookedMLP(TinyMLP):
     def epoch_metrics(self, batches):
         self.metric_calls += 1
         n = sum(int(y.numel()) for _, y in batches)
-        return {"hook_test_samples": torch.tensor(float(n)),   # tensors become numbers
+        return {"hook_samples": torch.tensor(float(n)),        # tensors become numbers
                 "hook_training_flag": float(self.training)}
 
 

@@ -53,3 +53,18 @@ def test_output_path_that_is_a_file_is_one_line_error(tmp_path, capsys):
     assert main(["plot", "--out", str(taken), "--surrogates", "htaf"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "htaf plot: error:" in err and str(taken) in err
+
+
+def test_the_legend_covers_no_curve():
+    """The legend sits beside the panels (inside the derivative panel it hid swish_sign)."""
+    from htaf.plotting import surrogates_figure
+
+    fig = surrogates_figure()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert "swish_sign" in [t.get_text() for t in legend.get_texts()]
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+    assert box.x1 <= fig.bbox.x1 + 1                      # and inside the image

@@ -1,4 +1,5 @@
-"""``htaf compare``: the variant line-up, the aggregation, and a tiny end-to-end run."""
+"""The experiment driver (``htaf compare``): the line-up, selection on validation, the paired
+confidence interval, parallel runs that equal serial ones, resumption, and a tiny end-to-end run."""
 
 import json
 import math
@@ -6,7 +7,9 @@ import math
 import pytest
 
 from htaf.cli import main
-from htaf.compare import CompareConfig, CompareResult, Variant, _aggregate, build_variants
+from htaf.compare import CompareConfig, Variant, build_variants, compare
+from htaf.results import CompareResult
+from htaf.stats import paired_difference, t_quantile_975
 
 
 def test_variants_sweep_each_surrogates_own_scale():
@@ -26,12 +29,18 @@ def test_variants_sweep_each_surrogates_own_scale():
     kinds = {v.activation: v.kind for v in vs}
     assert kinds == {"htaf": "htaf", "htaf_st": "htaf", "atan": "baseline",
                      "fast_sigmoid": "baseline", "ste": "baseline", "relu": "ceiling"}
+    assert {v.family for v in vs if v.activation == "atan"} == {"atan"}
 
 
-def test_variants_times_depths_and_bad_input():
+def test_variants_times_depths_grid_and_bad_input():
     vs = build_variants(["htaf_st", "relu"], depths=(2, 6))
     assert [(v.activation, v.depth) for v in vs] == [("htaf_st", 2), ("htaf_st", 6),
                                                      ("relu", 2), ("relu", 6)]
+    cfg = CompareConfig(activations=("htaf",), grid={"anneal_gamma": [None, [1, 30]]},
+                        out_dir=None)
+    grid = cfg.variants()
+    assert [v.name for v in grid] == ["htaf anneal_gamma=none", "htaf anneal_gamma=1:30"]
+    assert [cfg.train_config(v, 0).anneal_gamma for v in grid] == [None, (1.0, 30.0)]
     with pytest.raises(ValueError, match="unknown activation 'nope'"):
         build_variants(["htaf", "nope"])
     with pytest.raises(ValueError, match="depth"):
@@ -39,66 +48,175 @@ def test_variants_times_depths_and_bad_input():
     with pytest.raises(ValueError, match="scale"):
         CompareConfig(scales=(0.0,))
     with pytest.raises(ValueError, match="unknown model"):
-        CompareConfig(model="nope")
+        CompareConfig(recipe={"model": "nope"})
+    with pytest.raises(ValueError, match="'seed' is not a recipe field"):
+        CompareConfig(grid={"seed": [1, 2]})
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        CompareConfig(grid={"lr": [0.1, -1.0]})
 
 
 def test_train_config_of_a_variant():
-    cfg = CompareConfig(epochs=3, anneal_gamma=(1.0, 10.0))
+    cfg = CompareConfig(recipe={"epochs": 3, "anneal_gamma": (1.0, 10.0)})
     tc = cfg.train_config(Variant("atan", (("alpha", 1.0),), depth=12), seed=4)
     assert tc.model_kwargs == {"depth": 12, "width": 128, "activation": "atan",
                                "act_params": {"alpha": 1.0}}
-    assert tc.seed == 4 and tc.epochs == 3 and tc.out_dir is None
+    assert tc.seed == 4 and tc.epochs == 3 and tc.out_dir is None and tc.optimizer == "adamw"
     smooth = cfg.train_config(Variant("htaf", gamma_mult=2.0), seed=0)
     assert smooth.anneal_gamma == (2.0, 20.0)
+    again = CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.to_dict() == cfg.to_dict()
 
 
-def _run(variant, seed, acc, loss=0.1, gap=0.0, dead=0.0):
-    return {"variant": variant, "seed": seed, "hard_test_acc": acc, "test_acc": acc + gap,
-            "gap": gap, "dead_units": dead, "train_loss": loss, "time": 1.0, "history": []}
+# ---------------------------------------------------------------------------------- statistics
+
+def test_paired_confidence_interval_on_a_known_case():
+    """Differences 1, 2, 3: mean 2, sd 1, n 3 → 2 ± t(0.975, 2)·1/√3 = 2 ± 2.4841: a tie, although
+    every seed favours the first; 0.02, 0.03, 0.04 → [0.0052, 0.0548]: a win."""
+    d = paired_difference({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert d["n"] == 3 and d["mean"] == pytest.approx(2.0) and d["std"] == pytest.approx(1.0)
+    assert d["ci"] == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)))
+    assert d["verdict"] == "tie"
+    win = paired_difference({0: 0.90, 1: 0.92, 2: 0.94, 7: 0.5}, {0: 0.88, 1: 0.89, 2: 0.90})
+    assert win["n"] == 3 and win["verdict"] == "win"                # seed 7 has no pair
+    assert win["ci"] == pytest.approx((0.03 - 0.024841, 0.03 + 0.024841), abs=1e-6)
+    loss = paired_difference({0: 0.1, 1: 0.2, 2: 0.3}, {0: 0.5, 1: 0.7, 2: 0.8})
+    assert loss["verdict"] == "loss"
+    assert paired_difference({0: 0.9}, {0: 0.8})["verdict"] == "—"   # one seed: no interval
 
 
-def test_aggregation_table_and_best_baseline():
-    h, a, s, r = Variant("htaf"), Variant("atan"), Variant("sigmoid"), Variant("relu")
-    runs = [_run(h, 0, 0.90, gap=0.02), _run(h, 1, 0.94, gap=0.04),
-            _run(a, 0, 0.80), _run(a, 1, 0.84, loss=math.nan),
-            _run(s, 0, 0.85, dead=0.5), _run(s, 1, 0.85, dead=0.25),
-            _run(r, 0, 0.99), _run(r, 1, 0.97)]
-    rows = _aggregate([h, a, s, r], runs)
-    res = CompareResult(CompareConfig(seeds=(0, 1)), runs, rows, None, "cpu")
-    row = res.row(h)
-    assert row["hard_acc"] == pytest.approx(0.92)
-    assert row["hard_acc_std"] == pytest.approx(math.sqrt(2) * 0.02)
-    assert row["gap"] == pytest.approx(0.03)
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (*range(1, 41), 60, 100, 1000):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-5)
+
+
+def _run(variant, seed, val, test, loss=0.1, gap=0.0, dead=0.0):
+    return {"variant": variant, "seed": seed, "time": 1.0, "history": [],
+            "metrics": {"hard_val_acc": val, "hard_test_acc": test, "val_acc": val + gap,
+                        "test_acc": test + gap, "test_gap": gap, "val_gap": gap,
+                        "test_dead_units": dead, "val_dead_units": dead, "train_loss": loss}}
+
+
+def test_selection_on_validation_and_the_verdict_from_the_interval():
+    h, a = Variant("htaf"), Variant("atan")
+    s1, s8, r = Variant("sigmoid"), Variant("sigmoid", (("alpha", 8.0),)), Variant("relu")
+    runs = [_run(h, i, 0.95, t, gap=0.01) for i, t in enumerate((0.90, 0.92, 0.94))]
+    # sigmoid α=8 is better on validation and worse on test: validation chooses it anyway
+    runs += [_run(s1, i, 0.80, 0.99) for i in range(3)]
+    runs += [_run(s8, i, 0.93, t) for i, t in enumerate((0.88, 0.89, 0.90))]
+    runs += [_run(a, 0, 0.85, 0.85), _run(a, 1, 0.86, 0.86, loss=math.nan),
+             _run(a, 2, 0.87, 0.87)]
+    runs += [_run(r, i, 0.99, 0.98) for i in range(3)]
+    config = CompareConfig(seeds=(0, 1, 2), out_dir=None).to_dict()
+    res = CompareResult(config, runs)
+    assert res.row(s8)["selected"] and not res.row(s1)["selected"]
+    assert res.best_baseline()["variant"] == s8
+    assert res.row(h)["hard_test_acc"] == pytest.approx(0.92)
+    assert res.row(h)["hard_test_acc_std"] == pytest.approx(0.02)
     assert res.row(a)["diverged"] == 1 and res.row(a)["train_loss"] == pytest.approx(0.1)
-    assert res.row(s)["dead_units"] == pytest.approx(0.375)
-    assert res.best_baseline()["variant"] == s
+    (cmp,) = res.comparisons
+    assert cmp["baseline"] == "sigmoid α=8" and cmp["verdict"] == "win"
     table = res.table().splitlines()
-    assert table[2].startswith("| htaf | 6 | 92.00 ± 2.83 | 3.00 | 0.0 |")
-    assert "| atan (1 diverged) |" in table[3]
-    assert table[5].startswith("| relu | 6 | 98.00 ± 1.41 | — | — |")
-    assert res.headline() == "depth 6: htaf 92.0%, relu 98.0%, best baseline sigmoid 85.0%"
+    assert "hard val acc %" in table[0] and "hard test acc % (mean ± std, 3 seeds)" in table[0]
+    assert table[2].startswith("| htaf | 6 | — | 95.00 | 92.00 ± 2.00 | +3.00 [+0.52, +5.48] | "
+                               "win | 1.00 |")
+    assert table[3].startswith("| sigmoid | 6 | α=8 | 93.00 | 89.00 ± 1.00 | (best baseline) |")
+    assert "| atan (1 diverged) |" in table[4]
+    assert table[5].startswith("| relu | 6 | — | 99.00 | 98.00 ± 0.00 |  |  | — | — |")
+    assert res.headline().startswith("depth 6: hard test accuracy htaf 92.0% (+3.00 pts "
+                                     "[+0.52, +5.48]: win), best baseline sigmoid α=8 89.0%")
+    full = res.full_table()
+    assert "| sigmoid α=8 | 6 | ✓ | 93.00 ± 0.00 | 89.00 ± 1.00 |" in full
+    again = CompareResult.from_json(json.loads(json.dumps(res.to_json(), default=str)))
+    assert again.table() == res.table()
+
+
+# ----------------------------------------------------------------------------------- running
+
+def _small(tmp_path, **kw):
+    base = dict(activations=("htaf_st", "relu"), seeds=(0, 1), jobs=1, out_dir=str(tmp_path),
+                recipe={"epochs": 1, "model_kwargs": {"depth": 1, "width": 8}})
+    return CompareConfig(**{**base, **kw})
+
+
+def test_parallel_runs_equal_serial_ones(tmp_path):
+    """Runs in 2 spawned processes of one thread each give the numbers of the same runs here."""
+    par = compare(_small(tmp_path, jobs=2, name="par"), progress=None)
+    ser = compare(_small(tmp_path, jobs=1, name="ser"), progress=None)
+
+    def numbers(res):
+        return [(r["variant"], r["seed"], {k: v for k, v in r["metrics"].items()
+                                           if "time" not in k}) for r in res.runs]
+
+    assert numbers(par) == numbers(ser)
+    assert par.table() == ser.table()
+
+
+def test_a_comparison_folder_is_resumed_or_refused(tmp_path):
+    messages = []
+    first = compare(_small(tmp_path, name="c"), progress=messages.append)
+    lines = (tmp_path / "c" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and len(first.runs) == 4
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        compare(_small(tmp_path, name="c"), progress=None)
+    messages.clear()
+    more = compare(_small(tmp_path, name="c", seeds=(0, 1, 2), resume=True),
+                   progress=messages.append)
+    assert "4 reused" in messages[0] and sum("seed 2:" in m for m in messages) == 2
+    assert [r["seed"] for r in more.runs] == [0, 1, 2, 0, 1, 2]
+    assert more.runs[0]["metrics"] == first.runs[0]["metrics"]       # reused, not retrained
+    other = compare(_small(tmp_path, name="c", seeds=(0,), resume=True,
+                           recipe={"epochs": 2, "model_kwargs": {"depth": 1, "width": 8}}),
+                    progress=messages.append)
+    assert any("have other settings" in m for m in messages) and len(other.runs) == 2
+    assert len((tmp_path / "c" / "runs.jsonl").read_text().splitlines()) == 8   # nothing lost
+    fresh = compare(_small(tmp_path, name="c", seeds=(0,), overwrite=True), progress=None)
+    assert len(fresh.runs) == 2
+    assert len((tmp_path / "c" / "runs.jsonl").read_text().splitlines()) == 2
 
 
 def test_compare_end_to_end_writes_table_report_and_plots(tmp_path, capsys):
-    rc = main(["compare", "--activations", "htaf", "sigmoid", "relu",
-               "--seeds", "0", "1", "--epochs", "2", "--depths", "1", "3", "--width", "16",
-               "--scales", "2", "--out", str(tmp_path), "--name", "tiny"])
+    rc = main(["compare", "--activations", "htaf", "sigmoid", "relu", "--seeds", "0", "1",
+               "--epochs", "1", "--depths", "1", "2", "--width", "8", "--scales", "2",
+               "--jobs", "1", "--out", str(tmp_path), "--name", "tiny"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| activation | depth | hard test acc" in out
-    assert "report: " in out and "tiny/report.md" in out
+    assert "| activation | depth | chosen on val | hard val acc % | hard test acc" in out
+    assert "95 % confidence" in out and "report: " in out and "tiny/report.md" in out
     folder = tmp_path / "tiny"
-    for f in ("report.md", "results.json", "loss.png", "accuracy.png", "depth.png", "scales.png"):
+    for f in ("report.md", "results.json", "runs.jsonl", "loss.png", "accuracy.png", "depth.png",
+              "scales.png"):
         assert (folder / f).stat().st_size > 0, f
     report = (folder / "report.md").read_text()
     assert "## Depth sweep" in report and "| sigmoid α=8 |" in report
-    assert "polynomial" in report                       # the honest note on tails
+    assert "## Every variant" in report and "polynomial" in report   # the honest note on tails
     data = json.loads((folder / "results.json").read_text())
     # htaf: 1 + α, β, γ×2 = 4; sigmoid 2; relu 1 → 7 variants × 2 depths × 2 seeds
     assert len(data["runs"]) == 28 and len(data["rows"]) == 14
+    assert sum(r["selected"] for r in data["rows"]) == 6          # 3 families × 2 depths
     for r in data["runs"]:
-        assert 0.0 <= r["hard_test_acc"] <= 1.0 and len(r["history"]) == 2
-    assert {r["variant"]["depth"] for r in data["rows"]} == {1, 3}
+        m = r["metrics"]
+        assert 0.0 <= m["hard_val_acc"] <= 1.0 and 0.0 <= m["hard_test_acc"] <= 1.0
+        assert len(r["history"]) == 1 and "hard_test_acc" not in r["history"][0]
+    assert {r["variant"]["depth"] for r in data["rows"]} == {1, 2}
+    assert {c["depth"] for c in data["comparisons"]} == {1, 2}
+    assert main(["compare", "--config", str(folder / "results.json"), "--jobs", "1",
+                 "--resume", "--out", str(tmp_path), "--name", "tiny"]) == 0
+    assert "28 reused" in capsys.readouterr().out
+
+
+def test_cli_compare_grid_and_model_options():
+    from htaf.cli import build_parser, compare_config_from_args
+
+    args = build_parser().parse_args(["compare", "--activations", "htaf", "--grid",
+                                      "anneal_gamma=none,1:30", "--grid", "lr=0.01,0.003",
+                                      "--model", "dhn_cnn", "--model-arg", "width_mult=0.25",
+                                      "--epochs", "2", "--out", "none"])
+    cfg = compare_config_from_args(args)
+    assert cfg.grid == {"anneal_gamma": [None, (1.0, 30.0)], "lr": [0.01, 0.003]}
+    assert cfg.recipe.model == "dhn_cnn" and cfg.recipe.model_kwargs == {"width_mult": 0.25}
+    assert cfg.recipe.epochs == 2 and cfg.recipe.optimizer == "adamw"
+    assert len(cfg.variants()) == 4
 
 
 def test_smooth_htaf_is_not_a_variant_of_a_binary_net(tmp_path):
@@ -107,8 +225,8 @@ def test_smooth_htaf_is_not_a_variant_of_a_binary_net(tmp_path):
     from htaf.compare import DEFAULT_ACTIVATIONS, CompareConfig
 
     with pytest.raises(ValueError, match="'htaf' is smooth.*BNN"):
-        CompareConfig(model="bnn_mlp", activations=("htaf", "htaf_st", "relu")).variants()
+        CompareConfig(recipe={"model": "bnn_mlp"}, activations=("htaf", "htaf_st", "relu"))
     for model in ("bnn_mlp", "snn_mlp"):
-        acts = CompareConfig(model=model).activations
+        acts = CompareConfig(recipe={"model": model}, out_dir=None).activations
         assert "htaf" not in acts and "htaf_st" in acts and set(acts) < set(DEFAULT_ACTIVATIONS)
-    assert "htaf" in CompareConfig(model="dhn_mlp").activations
+    assert "htaf" in CompareConfig(out_dir=None).activations

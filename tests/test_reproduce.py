@@ -1,55 +1,89 @@
-"""htaf reproduce: a part runs end to end (smoke size) and the report is built from the JSON."""
+"""htaf reproduce: a part is a comparison (same driver as htaf compare), runs end to end at smoke
+size, splits over calls by seed, and the report and README sections are built from the JSON."""
 
 import json
 from pathlib import Path
 
 from htaf import reproduce
 from htaf.cli import main
+from htaf.compare import CompareConfig, Variant
+from htaf.results import CompareResult
+
+QUIET = dict(say=lambda _m: None, jobs=1)
 
 
-def test_smoke_part_writes_its_json(tmp_path):
-    rec = reproduce.run_part("snn", data="digits", out=tmp_path, smoke=True, say=lambda _: None)
-    saved = json.loads((tmp_path / "snn.json").read_text())
-    assert saved["smoke"] is True and saved["epochs"] == 1 and saved["data"] == "digits"
-    labels = [r["label"] for r in saved["rows"]]
-    assert labels == [v[0] for v in reproduce.PARTS["snn"].variants]
-    for row in rec["rows"]:
-        assert 0.0 <= row["hard_acc_mean"] <= 1.0 and len(row["runs"]) == 1
-        assert row["wall_s_per_run"] > 0
+def test_every_part_is_a_compare_config(tmp_path):
+    for name in reproduce.PARTS:
+        cfg = reproduce.part_config(name, out=tmp_path, smoke=True)
+        assert isinstance(cfg, CompareConfig) and len(cfg.seeds) >= 2
+        full = reproduce.part_config(name, out=tmp_path, data="digits")
+        assert len(full.seeds) >= 3, name                        # ≥ 3 seeds per cell
+    digits = reproduce.part_config("digits", out=tmp_path)
+    default = CompareConfig()                                    # `htaf compare`, no arguments
+    assert digits.recipe.trajectory() == default.recipe.trajectory()
+    assert (digits.activations, digits.seeds, digits.scales) == (
+        default.activations, default.seeds, default.scales)
 
 
-def _record(part, accs):
-    rows = []
-    for (label, model, kw), acc in zip(reproduce.PARTS[part].variants, accs):
-        runs = [{"seed": s, "hard_test_acc": a, "gap": 0.0} for s, a in enumerate(acc)]
-        rows.append({"label": label, "model": model, "model_kwargs": kw,
-                     "hard_acc_mean": sum(acc) / len(acc),
-                     "hard_acc_std": 0.001 if len(acc) > 1 else None, "gap_mean": 0.0,
-                     "saturation_mean": None, "epoch_time_s": 2.0, "wall_s_per_run": 30.0,
-                     "runs": runs})
-    return {"part": part, "title": reproduce.PARTS[part].title, "baseline_note": "note",
-            "smoke": False, "data": "cifar10", "epochs": 3, "seeds": [0, 1], "recipe": {},
-            "hardware": {}, "device": "TestGPU", "versions": "torch x", "rows": rows}
+def test_smoke_part_writes_its_folder(tmp_path):
+    res = reproduce.run_part("snn", out=tmp_path, smoke=True, seeds=(0,), **QUIET)
+    saved = json.loads((tmp_path / "snn" / "results.json").read_text())
+    assert saved["config"]["recipe"]["data"] == "digits" and saved["config"]["recipe"]["epochs"] == 1
+    names = [r["variant"]["name"] for r in saved["rows"]]
+    assert names == list(reproduce.PARTS["snn"].config["activations"])
+    for row in res.rows:
+        assert 0.0 <= row["hard_test_acc"] <= 1.0 and row["seeds"] == [0]
+    assert (tmp_path / "snn" / "report.md").exists()
 
 
-def test_report_tables_discussion_and_readme_section(tmp_path):
+def test_a_part_split_over_seeds_is_merged(tmp_path):
+    quiet = dict(out=tmp_path, smoke=True, **QUIET)
+    reproduce.run_part("icbm", seeds=(0,), **quiet)
+    rec = reproduce.run_part("icbm", seeds=(0, 1), resume=True, **quiet)
+    assert [r["seeds"] for r in rec.rows] == [[0, 1], [0, 1]]
+    assert all(r["hard_test_acc_std"] is not None for r in rec.rows)
+    assert [r["variant"].kind for r in rec.rows] == ["htaf", "ceiling"]
+    lines = (tmp_path / "icbm" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 4                                      # seed 0 was not trained twice
+
+
+def _result(part: str, accs: dict[str, list[float]]) -> CompareResult:
+    """Made-up accuracies, only to check how the report reads a part's results.json."""
+    cfg = reproduce.part_config(part, out=Path("unused"), data="digits").to_dict()
+    runs = []
+    for name, values in accs.items():
+        kind = "ceiling" if name in ("relu", "standard ResNet-18") else (
+            "htaf" if name.startswith(("htaf", "ICBM")) else "baseline")
+        v = Variant(activation=name) if part != "icbm" else Variant(title=name, role=kind,
+                                                                     model="m")
+        for seed, acc in enumerate(values):
+            runs.append({"variant": v, "seed": seed, "time": 30.0, "history": [],
+                         "metrics": {"hard_val_acc": acc, "hard_test_acc": acc,
+                                     "test_acc": acc, "test_gap": 0.0, "train_loss": 0.1}})
+    return CompareResult(cfg, runs, dataset="cifar10", device="TestGPU")
+
+
+def test_report_tables_and_readme_sections(tmp_path):
     results, speed = tmp_path / "results", tmp_path / "speed"
-    results.mkdir()
     speed.mkdir()
-    # made-up accuracies, only to check how the report reads them
-    (results / "bnn.json").write_text(json.dumps(
-        _record("bnn", [[0.80, 0.82], [0.79, 0.79], [0.70, 0.70], [0.90, 0.90]])))
+    _result("bnn", {"htaf": [0.80, 0.82, 0.81], "approx_sign": [0.79, 0.79, 0.80],
+                    "ste": [0.70, 0.70, 0.71], "relu": [0.90, 0.90, 0.90]}).write(results / "bnn")
+    _result("digits", {"htaf": [0.97, 0.96, 0.97], "sigmoid": [0.96, 0.96, 0.95],
+                       "relu": [0.98, 0.98, 0.98]}).write(results / "digits")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n{reproduce.README_BEGIN}\nold\n{reproduce.README_END}\nafter\n")
+    readme.write_text(f"# x\n\nbefore\n{reproduce.README_BEGIN}\nold\n{reproduce.README_END}\n"
+                      f"middle\n{reproduce.COMPARE_BEGIN}\nstale table\n{reproduce.COMPARE_END}\n"
+                      f"after\n")
     text = reproduce.write_report(results, speed, tmp_path / "results.md", readme)
-    assert "| BNN | HTAF (2·HTAF') | 81.00 ± 0.10 | 2 |" in text
-    assert "ahead of the best baseline (approx_sign (Bi-Real), 79.00%" in text
-    assert "full-precision ceiling 90.00%" in text
+    assert "| htaf | — | — | 81.00 | 81.00 ± 1.00 | +1.67 [" in text
     assert "Not yet measured: DHN, SNN, ICBM" in text
-    assert "polynomial" in text                      # the honest note about tails
+    assert "polynomial" in text and "95 % confidence" in text   # the honest notes
     body = readme.read_text()
-    assert body.startswith("# x\n\nbefore\n") and body.endswith("after\n") and "old" not in body
-    assert "| BNN | full precision | 90.00" in body
+    assert body.startswith("# x\n\nbefore\n") and body.endswith("after\n")
+    assert "old" not in body and "stale table" not in body and "middle" in body
+    assert "| approx_sign | — | — | 79.33 |" in body               # the CIFAR section
+    assert "| sigmoid | 6 | — | 95.67 |" in body                   # the digits table
+    assert body.count("hard val acc %") == 2
 
 
 def test_cli_rejects_unknown_part(capsys):
@@ -58,19 +92,6 @@ def test_cli_rejects_unknown_part(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "invalid choice" in capsys.readouterr().err
-
-
-def test_a_part_split_over_seeds_is_merged(tmp_path):
-    quiet = dict(data="digits", out=tmp_path, smoke=True, say=lambda _: None)
-    reproduce.run_part("icbm", seeds=(0,), **quiet)
-    rec = reproduce.run_part("icbm", seeds=(1,), **quiet)
-    assert rec["seeds"] == [0, 1]
-    for row in rec["rows"]:
-        assert [r["seed"] for r in row["runs"]] == [0, 1] and row["hard_acc_std"] is not None
-    again = reproduce.run_part("icbm", seeds=(1,), **quiet)       # a rerun replaces, not appends
-    assert [len(row["runs"]) for row in again["rows"]] == [2, 2]
-    other = reproduce.run_part("icbm", seeds=(1,), epochs=2, **quiet)   # other settings: fresh
-    assert other["seeds"] == [1]
 
 
 def test_speed_writes_where_the_report_reads_whatever_the_cwd(tmp_path, monkeypatch):
@@ -86,3 +107,13 @@ def test_speed_writes_where_the_report_reads_whatever_the_cwd(tmp_path, monkeypa
     assert len(calls) == len(reproduce.SPEED)
     for (args, _), path in zip(calls, written):
         assert Path(args[-1]) == tmp_path / "speed" / path.name
+
+
+def test_readme_compare_table_is_the_committed_output():
+    """The README's htaf compare table is generated from docs/results/digits, never typed."""
+    root = Path(__file__).resolve().parents[1]
+    body = (root / "README.md").read_text()
+    block = body.split(reproduce.COMPARE_BEGIN, 1)[1].split(reproduce.COMPARE_END, 1)[0]
+    saved = root / "docs" / "results" / "digits" / "results.json"
+    res = CompareResult.from_json(json.loads(saved.read_text())) if saved.exists() else None
+    assert block.strip() == reproduce._compare_section(res).strip()

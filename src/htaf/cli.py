@@ -1,12 +1,21 @@
 """The ``htaf`` command. Each subcommand: an ``_add_<name>`` that declares its arguments and a
-``_run_<name>`` that calls the library. Errors print one line (``--debug`` for the traceback)."""
+``_run_<name>`` that calls the library. Errors print one line (``--debug`` for the traceback).
+
+The options of ``htaf train`` and ``htaf compare`` are derived from the config dataclasses
+(:class:`htaf.engine.TrainConfig`, :class:`htaf.compare.CompareConfig`): each is declared once,
+with its help, in the dataclass (:mod:`htaf._options`). Building the parser imports neither
+torch nor matplotlib: every library import happens in a ``_run_<name>``, after parsing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from . import _options
 
 
 def _add_plot(sub) -> None:
@@ -20,133 +29,53 @@ def _add_plot(sub) -> None:
 
 
 def _run_plot(args) -> int:
+    from .engine.runlog import atomic_write_text
     from .plotting import format_table, gradient_mass_table, plot_surrogates
 
     rows = gradient_mass_table(args.surrogates)
     table = format_table(rows)
     print(table)
     paths = plot_surrogates(args.out, args.surrogates)
-    (Path(args.out) / "gradient_mass.md").write_text(table + "\n")
+    atomic_write_text(Path(args.out) / "gradient_mass.md", table + "\n")
     for path in paths:
         print(f"wrote {path}")
     return 0
 
 
-def _add_compare(sub) -> None:
-    from .compare import DEFAULT_ACTIVATIONS, CompareConfig
+# ------------------------------------------------------------------------ train and compare
 
-    d = CompareConfig()
-    p = sub.add_parser(
-        "compare", help="train one architecture with HTAF and every baseline; table + report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train one architecture with HTAF (smooth, evaluated hard; and "
-                    "straight-through), each baseline surrogate and the ReLU ceiling over several "
-                    "seeds; print the hard-mode accuracy table and write report.md, results.json "
-                    "and PNG plots into OUT/NAME/. With no arguments: a 6-hidden-layer Heaviside "
-                    "MLP on scikit-learn's digits, about a minute on 2 CPU cores.")
-    p.add_argument("--model", default=d.model, help="registered model (dhn_mlp, dhn_cnn, ...)")
-    p.add_argument("--data", default=d.data,
-                   help="dataset name (digits, mnist5k, cifar10...) or ImageFolder dir/zip")
-    p.add_argument("--activations", nargs="+", default=list(DEFAULT_ACTIVATIONS), metavar="ACT",
-                   help="htaf (smooth), htaf_st, any surrogate name, relu")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), metavar="SEED")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--depths", nargs="+", type=int, default=None, metavar="D",
-                   help="depth sweep, e.g. --depths 2 6 12 20 (default: the model's depth)")
-    p.add_argument("--scales", nargs="+", type=float, default=[], metavar="M",
-                   help="also train each surrogate with its first parameter (α, slope, clip...) "
-                        "and HTAF with each of α, β, γ multiplied by M, e.g. --scales 0.5 2")
-    p.add_argument("--width", type=int, default=None,
-                   help=f"hidden width of dhn_mlp (default {d.model_kwargs['width']})")
-    p.add_argument("--model-arg", dest="model_arg", type=_parse_model_arg, action="append",
-                   default=None, metavar="KEY=VALUE",
-                   help="extra model keyword argument (repeatable), e.g. norm=layer")
-    p.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adamw"))
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", default=d.schedule, choices=("cosine", "onecycle", "constant"))
-    p.add_argument("--anneal-gamma", action=_PairAction, default=d.anneal_gamma,
-                   metavar="START END|none",
-                   help="anneal smooth HTAF's γ from START to END (exponential; e.g. 1 30 for "
-                        "CNNs); default: fixed γ, which ends binary on the MLPs (docs/dhn.md)")
-    p.add_argument("--no-anneal", action="store_true", help="fixed γ even if --anneal-gamma")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--out", default=d.out_dir, help="output root")
-    p.add_argument("--name", default=d.name, help="report folder under --out")
-    p.add_argument("--keep-runs", action="store_true",
-                   help="also write every run's folder (checkpoints, curves) under OUT/NAME/runs/")
-    p.set_defaults(run=_run_compare)
+def _train_fields() -> list[str]:
+    import dataclasses
+
+    from .engine.config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
 
 
-def _run_compare(args) -> int:
-    from .compare import CompareConfig, compare
-
-    model_kwargs = dict(CompareConfig(model=args.model).model_kwargs)
-    if args.width is not None:
-        model_kwargs["width"] = args.width
-    model_kwargs.update(dict(args.model_arg or []))
-    config = CompareConfig(
-        model=args.model, model_kwargs=model_kwargs, data=args.data,
-        activations=tuple(args.activations), seeds=tuple(args.seeds), depths=args.depths,
-        scales=tuple(args.scales), epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, anneal_gamma=None if args.no_anneal else args.anneal_gamma,
-        device=args.device, out_dir=args.out, name=args.name, keep_runs=args.keep_runs)
-    result = compare(config)
-    print()
-    print(result.table())
-    print()
-    print(result.headline())
-    print("hard = every hidden activation is its exact step (1[x>=0]; sign(x) in binary nets; "
-          "spikes in spiking nets; relu: full-precision ceiling); gap = smooth - hard accuracy of "
-          "smooth HTAF; dead = units that never change state on the test set.")
-    print(f"\nreport: {result.out_dir / 'report.md'}  (plots and results.json beside it)")
+def _add_model_shortcuts(group, *, depth: bool) -> None:
+    """``--activation``, ``--depth``, ``--width``, ``--model-arg``: entries of model_kwargs."""
+    group.add_argument("--activation", default=argparse.SUPPRESS,
+                       help="htaf (smooth), htaf_st (straight-through), any surrogate name, or "
+                            "relu (model_kwargs; unset: the model's own)")
+    if depth:
+        group.add_argument("--depth", type=int, default=argparse.SUPPRESS,
+                           help="number of hidden layers (unset: the model's own)")
+    group.add_argument("--width", type=int, default=argparse.SUPPRESS,
+                       help="hidden width, units or channels (unset: the model's own)")
+    group.add_argument("--model-arg", dest="model_arg", type=_parse_model_arg, action="append",
+                       default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                       help="any other model option, repeatable (VALUE read as JSON when "
+                            "possible)")
 
 
-_TRAIN_EPILOG = """examples:
-  htaf train --model dhn_mlp --activation htaf --depth 4 --epochs 20
-  htaf train --model dhn_cnn --data ../shared/datasets/cifar10-jpeg.zip --activation htaf_st \\
-             --optimizer sgd --lr 0.1 --schedule onecycle --epochs 15 --batch-size 256
-  torchrun --nproc_per_node 2 -m htaf train --config run.json      # DDP, no code change
-  htaf train --name my-run --resume                                # continue where it stopped
-
-A run writes runs/<name>/: config.json, metrics.jsonl, checkpoints/last.pt, loss.png,
-accuracy.png, summary.md. Flags override --config, which overrides the defaults."""
-
-
-def _parse_pair(text: str):
-    """``"1,30"`` → (1.0, 30.0); ``"none"`` → None; ``"auto"`` → "auto"."""
-    if text.strip().lower() in ("none", "off", "null"):
-        return None
-    if text.strip().lower() == "auto":
-        return "auto"
-    parts = text.replace(":", ",").split(",")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected START,END or none, got {text!r}")
-    try:
-        return float(parts[0]), float(parts[1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers START,END, got {text!r}") from None
-
-
-class _PairAction(argparse.Action):
-    """``--flag 1 30``, ``--flag 1,30``, ``--flag none`` (or ``auto``) → :func:`_parse_pair`."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs="+", **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            setattr(namespace, self.dest, _parse_pair(",".join(values)))
-        except argparse.ArgumentTypeError as e:
-            raise argparse.ArgumentError(self, str(e)) from None
+def _add_config_file(p) -> None:
+    p.add_argument("--config", default=None, metavar="FILE.json",
+                   help="start from this config (a run's config.json; for compare a "
+                        "comparison's config or results.json); flags override it")
 
 
 def _parse_model_arg(text: str):
     """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (numbers, true, lists), else text."""
-    import json
-
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -156,129 +85,184 @@ def _parse_model_arg(text: str):
         return key.strip(), value
 
 
+def _parse_grid(text: str):
+    """``KEY=V1,V2,...`` (each value as in :func:`htaf._options.parse_value`)."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE,VALUE..., got {text!r}")
+    return key.strip(), [_options.parse_value(v) for v in values.split(",")]
+
+
+def _read_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"config file {file} not found")
+    try:
+        values = json.loads(file.read_text())
+    except ValueError as e:
+        raise ValueError(f"config file {file} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {file} must hold a JSON object")
+    return values
+
+
+def _model_kwargs(args, base: dict) -> dict:
+    kw = dict(base)
+    for key in ("activation", "depth", "width"):
+        if key in args:
+            kw[key] = getattr(args, key)
+    kw.update(dict(getattr(args, "model_arg", None) or []))
+    return kw
+
+
+_TRAIN_EPILOG = """examples:
+  htaf train --model dhn_mlp --activation htaf --depth 4 --epochs 20
+  htaf train --model dhn_cnn --data ../shared/datasets/cifar10-jpeg.zip --activation htaf_st \\
+             --optimizer sgd --lr 0.1 --schedule onecycle --epochs 15 --batch-size 256
+  htaf train --data fashion-mnist --data-root ../shared/datasets --model dhn_cnn
+  torchrun --nproc_per_node 2 -m htaf train --config run.json      # DDP, no code change
+  htaf train --name my-run --resume                                # continue where it stopped
+
+A run writes runs/<name>/: config.json, metrics.jsonl (validation every epoch; the test split
+once, after the last), TensorBoard events, checkpoints/last.pt, loss.png, accuracy.png,
+summary.md. An existing run is never replaced: --resume continues it, --overwrite replaces it.
+Flags override --config, which overrides the defaults."""
+
+
 def _add_train(sub) -> None:
-    from .engine import LOG_FORMATS, OPTIMIZERS, SCHEDULES
+    from .engine.config import TrainConfig
 
     p = sub.add_parser(
         "train", help="train one network; write metrics, checkpoints, curves and a summary",
-        description="Train one model on one dataset. Each epoch reports train loss/accuracy, "
-                    "test accuracy as trained (smooth HTAF layers smooth) and in hard mode (every "
-                    "binary activation the exact step), the gap, and the fraction of dead binary "
-                    "units.",
+        description="Train one model on one dataset. Each epoch reports train loss/accuracy and "
+                    "validation accuracy as trained (smooth HTAF layers smooth) and in hard mode "
+                    "(every binary activation the exact step), the gap and the fraction of dead "
+                    "binary units; the test split is evaluated once, after the last epoch.",
         epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    S = argparse.SUPPRESS   # unset flags stay unset, so --config and the defaults show through
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=S, help="registered model name (default: dhn_mlp)")
-    g.add_argument("--activation", default=S,
-                   help="htaf (smooth), htaf_st (straight-through), any surrogate name, or relu")
-    g.add_argument("--depth", type=int, default=S, help="number of hidden layers")
-    g.add_argument("--width", type=int, default=S, help="hidden width (units or channels)")
-    g.add_argument("--model-arg", dest="model_arg", type=_parse_model_arg, action="append",
-                   default=S, metavar="KEY=VALUE",
-                   help="any other model option, repeatable (VALUE read as JSON when possible)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=S, metavar="NAME|PATH",
-                   help="digits (default), mnist5k, cifar10, cifar100, mnist, fashion-mnist, or an "
-                        "ImageFolder directory or zip (train/<class>/*, test/<class>/*)")
-    g.add_argument("--data-cache", dest="data_cache", default=S, metavar="DIR",
-                   help="where decoded datasets are cached (default: $HTAF_CACHE or ~/.cache/htaf)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
-                   help="random crop + flip on the device (default: on for images >= 32 px)")
-    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=S,
-                   help="horizontal flips when augmenting (default: off for digits and MNIST)")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=S, help="number of epochs (default: 10)")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=S,
-                   help="global batch size, split across torchrun processes (default: 128)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default: sgd")
-    g.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 0.05)")
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
-                   help="on weights, not biases or norms (default: 5e-4)")
-    g.add_argument("--momentum", type=float, default=S, help="SGD momentum / AdamW beta1 (0.9)")
-    g.add_argument("--schedule", choices=SCHEDULES, default=S, help="lr schedule (default: cosine)")
-    g.add_argument("--warmup", type=float, default=S,
-                   help="epochs of linear lr warmup (onecycle: rising phase, 30%% of the run if 0)")
-    g.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=S)
-    g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S,
-                   help="clip the global gradient norm (default: off)")
-    g.add_argument("--seed", type=int, default=S, help="default: 0")
-    g = p.add_argument_group("annealing of smooth HTAF layers (per epoch)")
-    g.add_argument("--anneal-gamma", dest="anneal_gamma", action=_PairAction, default=S,
-                   metavar="START,END|auto|none",
-                   help="γ from START to END (default: auto = 1,30 for convolutional models, "
-                        "fixed γ for MLPs; evidence in docs/training.md)")
-    g.add_argument("--anneal-beta", dest="anneal_beta", action=_PairAction, default=S,
-                   metavar="START,END|none", help="β from START to END (default: none)")
-    g.add_argument("--anneal-schedule", dest="anneal_schedule", choices=("exp", "linear", "cosine"),
-                   default=S, help="default: exp")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
-                   help="bf16 autocast (default: on for CUDA)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
-                   help="torch.compile the model (default: off)")
-    g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
-                   default=S, help="channels_last memory format (default: off)")
-    g.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=S,
-                   help="SyncBatchNorm under multi-GPU DDP (default: on)")
-    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S)
-    g = p.add_argument_group("output")
-    g.add_argument("--config", default=None, metavar="FILE.json",
-                   help="start from this config (e.g. a run's config.json)")
-    g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="default: runs")
-    g.add_argument("--name", default=S,
-                   help="run folder name (default: model-activation-data-sSEED)")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=S,
-                   help="continue from runs/<name>/checkpoints/last.pt if it exists")
-    g.add_argument("--eval-every", dest="eval_every", type=int, default=S, help="epochs (1)")
-    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=S,
-                   help="epochs; the last epoch is always saved (1)")
-    g.add_argument("--log", choices=LOG_FORMATS, default=S,
-                   help="progress bars on a terminal, log lines otherwise (default: auto)")
-    g.add_argument("--stop-after", dest="stop_after", type=int, default=S,
-                   help="stop after this many epochs (resume later with --resume)")
+    _add_config_file(p)
+    groups = {"model": p.add_argument_group("model")}
+    _add_model_shortcuts(groups["model"], depth=True)
+    _options.add_options(p, TrainConfig, _train_fields(), flags={"out_dir": "out"},
+                         metavars=_METAVARS, groups=groups)
     p.set_defaults(run=_run_train)
+
+
+_METAVARS = {"data": "NAME|PATH", "data_root": "DIR", "data_cache": "DIR", "out_dir": "DIR",
+             "anneal_gamma": ("START", "END"), "anneal_beta": ("START", "END"),
+             "seeds": "SEED", "depths": "D", "scales": "M", "activations": "ACT"}
 
 
 def train_config_from_args(args):
     """The :class:`~htaf.engine.TrainConfig` of parsed ``htaf train`` arguments."""
-    import json
+    from .engine.config import TrainConfig
 
-    from .engine import TrainConfig
-
-    values = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} not found")
-        try:
-            values = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")
-    model_kwargs = dict(values.get("model_kwargs") or {})
-    for key in ("activation", "depth", "width"):
-        if key in args:
-            model_kwargs[key] = getattr(args, key)
-    for key, value in getattr(args, "model_arg", None) or []:
-        model_kwargs[key] = value
-    values["model_kwargs"] = model_kwargs
-    skip = {"command", "run", "debug", "config", "activation", "depth", "width", "model_arg"}
-    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    values = _read_config(args.config)
+    values.update(_options.set_values(args, _train_fields()))
+    values["model_kwargs"] = _model_kwargs(args, values.get("model_kwargs") or {})
     return TrainConfig.from_dict(values)
 
 
 def _run_train(args) -> int:
-    from .engine import train
+    from .engine.loop import train
 
     result = train(train_config_from_args(args))
     m = result.metrics
     if m.get("hard_test_acc") is not None:
-        print(f"final: test {100 * m['test_acc']:.2f}%, hard {100 * m['hard_test_acc']:.2f}%, "
-              f"gap {100 * m['gap']:.2f}%, {m['time']:.1f} s")
+        print(f"final: validation {100 * m['val_acc']:.2f}% (hard {100 * m['hard_val_acc']:.2f}%)"
+              f", test {100 * m['test_acc']:.2f}% (hard {100 * m['hard_test_acc']:.2f}%), "
+              f"{m['time']:.1f} s")
     if result.run_dir is not None:
         print(f"wrote {result.run_dir}")
+
+
+def _compare_fields() -> tuple[list[str], list[str]]:
+    """(the comparison's own fields, the recipe fields) that ``htaf compare`` exposes."""
+    import dataclasses
+
+    from .compare import _PER_RUN, CompareConfig
+
+    own = [f.name for f in dataclasses.fields(CompareConfig)
+           if f.name not in ("recipe", "models", "grid")]
+    return own, [n for n in _train_fields() if n not in _PER_RUN or n == "model"]
+
+
+def _add_compare(sub) -> None:
+    from .compare import RECIPE, CompareConfig
+    from .engine.config import TrainConfig
+
+    p = sub.add_parser(
+        "compare", help="train one architecture with HTAF and every baseline over seeds; table "
+                        "+ report",
+        description="Train one architecture with HTAF (smooth, evaluated hard; and "
+                    "straight-through), each baseline surrogate and the ReLU ceiling over several "
+                    "seeds with one recipe; choose every setting on the validation split, report "
+                    "the test split beside it, HTAF against the best baseline as a paired 95 % "
+                    "confidence interval; print the table and write report.md, results.json and "
+                    "PNG plots into OUT/NAME/. With no arguments: a 6-hidden-layer Heaviside MLP "
+                    "on scikit-learn's digits, about a minute on 2 CPU cores.",
+        epilog="examples:\n  htaf compare --depths 2 6 12 20\n  htaf compare --scales 0.5 2\n"
+               "  htaf compare --activations htaf --grid anneal_gamma=none,1:3,1:30\n"
+               "  htaf compare --model dhn_cnn --model-arg width_mult=0.25 --data mnist5k\n"
+               "  htaf compare --config docs/results/digits/results.json --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    own, recipe = _compare_fields()
+    _add_config_file(p)
+    groups = _options.add_options(p, CompareConfig, own, flags={"out_dir": "out"},
+                                  metavars=_METAVARS)
+    groups["line-up"].add_argument(
+        "--grid", type=_parse_grid, action="append", default=argparse.SUPPRESS,
+        metavar="FIELD=V1,V2", help="sweep a recipe field (repeatable; values: none, numbers, "
+                                    "START:END pairs); every combination is a variant, chosen on "
+                                    "validation within its family like a scale")
+    model = groups["recipe: model"] = p.add_argument_group("recipe: model")
+    _add_model_shortcuts(model, depth=False)
+    _options.add_options(p, TrainConfig, recipe, defaults={**RECIPE, "model_kwargs": None},
+                         metavars=_METAVARS, groups=groups, prefix="recipe: ")
+    p.set_defaults(run=_run_compare)
+
+
+def compare_config_from_args(args):
+    """The :class:`~htaf.compare.CompareConfig` of parsed ``htaf compare`` arguments."""
+    from .compare import CompareConfig
+
+    own, recipe_fields = _compare_fields()
+    values = _read_config(args.config)
+    if isinstance(values.get("config"), dict) and "runs" in values:   # a results.json
+        values = values["config"]
+    recipe = dict(values.get("recipe") or {})
+    given = _options.set_values(args, recipe_fields)
+    if given.get("model", recipe.get("model")) != recipe.get("model", "dhn_mlp"):
+        recipe.pop("model_kwargs", None)          # another model: not the MLP's width and depth
+    recipe.update(given)
+    if any(k in args for k in ("activation", "width", "model_arg")):
+        from .compare import MLP_DEFAULTS
+
+        base = recipe.get("model_kwargs")
+        if base is None:
+            base = MLP_DEFAULTS if recipe.get("model", "dhn_mlp") == "dhn_mlp" else {}
+        recipe["model_kwargs"] = _model_kwargs(args, base)
+    values.update(_options.set_values(args, own))
+    if "grid" in args:
+        values["grid"] = {**values.get("grid", {}), **dict(args.grid)}
+    return CompareConfig.from_dict({**values, "recipe": recipe})
+
+
+def _run_compare(args) -> int:
+    from .compare import compare
+    from .results import LEGEND
+
+    result = compare(compare_config_from_args(args))
+    print()
+    print(result.table())
+    print()
+    print(result.headline())
+    print()
+    print(LEGEND)
+    if result.out_dir is not None:
+        print(f"\nreport: {result.out_dir / 'report.md'}  (plots, results.json and runs.jsonl "
+              f"beside it)")
 
 
 def _add_explain(sub) -> None:
@@ -377,33 +361,46 @@ def _add_reproduce(sub) -> None:
     from .reproduce import PARTS
 
     p = sub.add_parser(
-        "reproduce", help="the README's CIFAR-10 results: train each family, run the speed "
+        "reproduce", help="the README's results: run each part (a comparison), the speed "
                           "benchmarks, write docs/results.md",
-        description="Reproduce the results tables, one part at a time (each under 10 minutes on "
-                    "one H100): " + ", ".join(PARTS) + " train HTAF vs the strongest baselines vs "
-                    "full precision; 'speed' runs the benchmarks; 'report' writes docs/results.md "
-                    "and the README's results section from the JSON files.",
+        description="Reproduce the results tables, one part at a time: each of "
+                    + ", ".join(PARTS) + " is a comparison (htaf compare) of HTAF with the "
+                    "strongest baselines and the full-precision ceiling, written to "
+                    "RESULTS/<part>/; 'speed' runs the benchmarks; 'report' writes "
+                    "docs/results.md and the README's generated sections from the JSON files.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example (GPU):\n  htaf reproduce dhn --data ../shared/datasets/cifar10-jpeg.zip\n"
+        epilog="examples:\n  htaf reproduce digits                          # CPU, about a "
+               "minute\n  htaf reproduce dhn --data ../shared/datasets/cifar10-jpeg.zip   # GPU"
+               "\n  htaf reproduce dhn --seeds 1 --resume          # add a seed to a part\n"
                "  htaf reproduce report\nsmoke test of the whole pipeline (CPU, seconds):\n"
                "  htaf reproduce all --smoke")
     p.add_argument("part", choices=[*PARTS, "speed", "report", "all"])
-    p.add_argument("--data", default="../shared/datasets/cifar10-jpeg.zip", metavar="PATH",
-                   help="CIFAR-10 as an ImageFolder zip/dir or 'cifar10' (default: the shared zip)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="override the part's data (CIFAR-10 parts: the shared zip)")
     p.add_argument("--epochs", type=int, default=None, help="override the part's epochs")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the part's seeds")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="override the part's seeds")
+    p.add_argument("--scales", type=float, nargs="*", default=None, metavar="M",
+                   help="override the part's scale sweep (no value: none)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs at the same time, one process each (default: 0 = one per CPU "
+                        "core, 1 on CUDA)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs of the part's folder and train the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace the part's folder")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="also keep every run's folder (checkpoints, curves)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny models on digits, 1 epoch, tiny benchmarks: checks the pipeline")
     p.add_argument("--results", default=None, metavar="DIR",
-                   help="where part JSON goes (default: docs/results, or runs/reproduce-smoke)")
+                   help="parts' folders (default: docs/results, or runs/reproduce-smoke)")
     p.add_argument("--speed-dir", default=None, metavar="DIR",
                    help="benchmark JSON folder (default: benchmarks/results, or the smoke folder)")
     p.add_argument("--doc", default=None, help="report path (default: docs/results.md)")
     p.add_argument("--readme", default="README.md",
-                   help="README whose results section is regenerated ('' to leave it)")
-    p.add_argument("--runs", default=None, metavar="DIR", help="also keep each run's folder here")
+                   help="README whose generated sections are rewritten ('' to leave it)")
     p.set_defaults(run=_run_reproduce)
 
 
@@ -415,19 +412,20 @@ def _run_reproduce(args) -> int:
     speed = Path(args.speed_dir or (smoke_dir if args.smoke else "benchmarks/results"))
     doc = Path(args.doc or (smoke_dir / "results.md" if args.smoke else "docs/results.md"))
     readme = None if args.smoke or not args.readme else Path(args.readme)
-    data = "digits" if args.smoke else args.data
     parts = list(reproduce.PARTS) + ["speed", "report"] if args.part == "all" else [args.part]
     for part in parts:
         if part == "speed":
             reproduce.run_speed(speed, smoke=args.smoke)
         elif part == "report":
             reproduce.write_report(results, speed, doc, readme)
-            print(f"wrote {doc}" + (f" and the results section of {readme}" if readme else ""))
+            print(f"wrote {doc}" + (f" and the generated sections of {readme}" if readme else ""))
         else:
-            reproduce.run_part(part, data=data, out=results, epochs=args.epochs,
+            reproduce.run_part(part, out=results, data=args.data, epochs=args.epochs,
                                seeds=tuple(args.seeds) if args.seeds else None,
+                               scales=tuple(args.scales) if args.scales is not None else None,
                                device=args.device, compile=args.compile, smoke=args.smoke,
-                               runs_dir=args.runs)
+                               jobs=args.jobs, resume=args.resume, overwrite=args.overwrite,
+                               keep_runs=args.keep_runs)
     return 0
 
 

@@ -1,50 +1,58 @@
-r"""``htaf compare``: one architecture, trained with HTAF and with every baseline surrogate.
+r"""The experiment driver: variants × seeds × one training recipe → a table. ``htaf compare``,
+``htaf reproduce <part>`` (a part is a :class:`CompareConfig`) and the CIFAR-10 runs all go
+through :func:`compare`.
 
-Every *variant* (an activation, its parameters, a depth) is trained over several seeds with the same
-recipe by :func:`htaf.engine.train`, and evaluated in **hard mode**: every hidden activation is the
-exact step 1[x ≥ 0], so the numbers are those of the binary network that would be deployed.
+Every *variant* (an activation, its parameters, a depth, a point of a recipe grid — or another
+model) is trained over several seeds with the same recipe by :func:`htaf.engine.train`, and
+evaluated in **hard mode**: every hidden activation is the exact step, so the numbers are those
+of the binary network that would be deployed.
 
-* ``htaf`` — smooth HTAF during training (γ fixed, or annealed with ``anneal_gamma``), evaluated
-  hard; the *discretization gap* (smooth accuracy − hard accuracy) says how binary training ended;
+* ``htaf`` — smooth HTAF during training (γ fixed, or annealed), evaluated hard; the
+  *discretization gap* (smooth accuracy − hard accuracy) says how binary training ended;
 * ``htaf_st`` and the baselines (``sigmoid``, ``atan``, ...) — straight-through: the forward pass is
-  already the step (their gap is 0 by construction and shown as —); the backward pass is the
-  surrogate's derivative;
+  already the step; the backward pass is the surrogate's derivative;
 * ``relu`` — the same architecture in full precision: the ceiling.
 
-``depths`` repeats everything at several depths (the claim under test: HTAF trains *deep*
-Heaviside stacks stably); ``scales`` sweeps each surrogate's own scale — its first hyperparameter
-(α, slope, clip...) — by the given multiples, and HTAF's α, β and γ one at a time, so the baselines
-get the same tuning budget as HTAF.
+**Selection on validation, report on test.** ``scales`` sweeps each surrogate's own scale (its
+first hyperparameter) and HTAF's α, β, γ one at a time; ``grid`` sweeps recipe fields
+(``{"anneal_gamma": [None, (1, 30)]}``). Each *family* (an activation at a depth) is then reported
+at its member with the best mean hard **validation** accuracy, and so is the best baseline; the
+test split, evaluated once at the end of every run, only reports. HTAF against the best baseline
+is the paired difference over seeds with a 95 % confidence interval (:mod:`htaf.stats`), and the
+verdict (win / tie / loss) comes from that interval, not from the means.
+
+Runs are independent processes of one thread each with ``jobs > 1`` (deterministic per run: the
+numbers do not depend on ``jobs``). A comparison folder ``<out_dir>/<name>/`` holds ``runs.jsonl``
+(one record per finished run, appended as it finishes), ``results.json``, ``report.md`` and PNG
+plots; with ``resume`` a later call reuses the finished runs of the same recipe (a killed sweep
+continues, a part can be split over calls by seed), with ``overwrite`` it starts afresh, and
+without either an existing folder is an error.
 
 >>> from htaf.compare import CompareConfig, compare
->>> result = compare(CompareConfig(epochs=5, seeds=(0,)))
+>>> result = compare(CompareConfig(recipe={"epochs": 5}, seeds=(0, 1, 2)))
 >>> print(result.table())
-
-A comparison writes ``<out_dir>/<name>/``: ``report.md``, ``results.json`` (config, per-run final
-metrics and curves, aggregates), ``loss.png`` (mean train-loss curves, one panel per depth),
-``accuracy.png`` (hard-mode accuracy bars with the seed spread) and, for sweeps, ``depth.png`` and
-``scales.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
-import platform
-import statistics
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ._checks import check_int, check_real
-from .surrogates import get_surrogate, resolve_activation
+from .engine.config import TrainConfig
+from .surrogates import resolve_activation
 
-__all__ = ["CompareConfig", "CompareResult", "Variant", "compare", "build_variants",
-           "DEFAULT_ACTIVATIONS"]
+__all__ = ["CompareConfig", "Variant", "compare", "build_variants", "compare_recipe",
+           "DEFAULT_ACTIVATIONS", "RECIPE", "ROLES"]
 
 #: Default line-up: HTAF both ways, the common surrogates (a Gaussian-tailed one, two polynomial
 #: tails, a compact one, the clipped STE) and the ReLU ceiling.
@@ -52,46 +60,90 @@ DEFAULT_ACTIVATIONS = ("htaf", "htaf_st", "sigmoid", "atan", "fast_sigmoid", "pi
                        "ste", "relu")
 #: The default network of ``htaf compare``: 6 hidden Heaviside layers of 128 units.
 MLP_DEFAULTS = {"depth": 6, "width": 128}
-_HTAF = ("htaf", "htaf_st")
-_FULL_PRECISION = ("relu", "hardtanh", "identity")
+#: The recipe of ``htaf compare``, on top of :class:`TrainConfig`'s defaults. Smooth HTAF at fixed
+#: γ: on the deep MLPs it already ends binary (docs/dhn.md); the CNNs of the parts anneal.
+RECIPE = {"epochs": 15, "batch_size": 64, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0,
+          "schedule": "onecycle", "anneal_gamma": None}
+ROLES = ("htaf", "baseline", "ceiling")
+#: Recipe fields a comparison sets per run (so neither the recipe nor a grid may).
+_PER_RUN = {"seed", "name", "out_dir", "resume", "overwrite", "log", "stop_after", "model",
+            "model_kwargs"}
+
+# --------------------------------------------------------------- activation names (the resolver)
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "slope": "k", "clip": "clip"}
 
 
-def _key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+def _role(activation: str) -> str:
+    return resolve_activation(activation).kind
+
+
+def _scale_params(activation: str) -> list[tuple[str, float]]:
+    """The parameters a scale sweep multiplies: HTAF's α, β, γ; a baseline's first parameter."""
+    spec = resolve_activation(activation)
+    if not spec.binary:
+        return []
+    values = spec.surrogate.hyperparameters()
+    names = list(values) if spec.kind == "htaf" else list(values)[:1]
+    return [(n, values[n]) for n in names if math.isfinite(values[n])]
+
+
+# ------------------------------------------------------------------------------------ variants
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ":".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _frozen(value):
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One line of the comparison: an activation, its parameters (``params``, sorted pairs) and a
-    depth (None: the model's own default). ``gamma_mult`` scales the annealing range of smooth
-    HTAF (whose γ the schedule sets)."""
+    """One line of a comparison. Either an ``activation`` of the recipe's model, with its
+    parameters (``params``, sorted pairs), a ``depth`` (None: the model's own) and ``gamma_mult``
+    (scales smooth HTAF's annealing range); or another ``model`` with ``model_kwargs``, a
+    ``title`` and a ``role``. ``setting``: the recipe values of a grid point."""
 
-    activation: str
+    activation: str | None = None
     params: tuple[tuple[str, float], ...] = ()
     depth: int | None = None
     gamma_mult: float = 1.0
-
-    @property
-    def act_params(self) -> dict:
-        return dict(self.params)
-
-    @property
-    def smooth(self) -> bool:
-        return _key(self.activation) == "htaf"
+    setting: tuple[tuple[str, object], ...] = ()
+    model: str | None = None
+    model_kwargs: tuple[tuple[str, object], ...] = ()
+    title: str | None = None
+    role: str | None = None
 
     @property
     def kind(self) -> str:
-        key = _key(self.activation)
-        return "htaf" if key in _HTAF else "ceiling" if key in _FULL_PRECISION else "baseline"
+        """``htaf``, ``baseline`` or ``ceiling``."""
+        return self.role or _role(self.activation)
 
     @property
-    def name(self) -> str:
-        """Activation and parameters, without the depth: ``"atan α=1"``."""
+    def smooth(self) -> bool:
+        """Trained smooth and evaluated hard (so its smooth→hard gap means something)."""
+        return resolve_activation(self.activation).smooth if self.activation else self.kind == "htaf"
+
+    @property
+    def family(self) -> str:
+        """The activation (or model title), without parameters: what selection chooses within."""
+        return self.title or self.activation
+
+    @property
+    def choice(self) -> str:
+        """What distinguishes this variant within its family: ``"α=1"``, ``""`` for the default."""
         parts = [f"{_GREEK.get(k, k)}={v:g}" for k, v in self.params]
         if self.gamma_mult != 1.0:
             parts.append(f"γ×{self.gamma_mult:g}")
-        return " ".join([self.activation, *parts])
+        parts += [f"{k}={_show(v)}" for k, v in self.setting]
+        return " ".join(parts)
+
+    @property
+    def name(self) -> str:
+        """Family and choice, without the depth: ``"atan α=1"``."""
+        return " ".join(p for p in (self.family, self.choice) if p)
 
     @property
     def label(self) -> str:
@@ -99,92 +151,130 @@ class Variant:
 
     @property
     def slug(self) -> str:
-        s = self.name.replace(" ", "_").replace("=", "").replace("×", "x")
+        """A folder name: ``"atan-alpha1-d12"``, ``"ICBM-HTAF-concepts-gamma-1-30"``."""
+        s = self.name.replace("=", "").replace("×", "x")
         for k, v in _GREEK.items():
             s = s.replace(v, k)
+        s = re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-")
         return s + ("" if self.depth is None else f"-d{self.depth}")
 
-
-def _scale_params(activation: str) -> list[tuple[str, float]]:
-    """The parameters a scale sweep multiplies: HTAF's α, β, γ; a baseline's first parameter."""
-    key = _key(activation)
-    if key in _FULL_PRECISION:
-        return []
-    surrogate = get_surrogate("htaf" if key in _HTAF else key)
-    values = surrogate.hyperparameters()
-    names = list(values) if key in _HTAF else list(values)[:1]
-    return [(n, values[n]) for n in names if math.isfinite(values[n])]
+    def to_json(self) -> dict:
+        return {"name": self.name, "family": self.family, "choice": self.choice,
+                "activation": self.activation, "act_params": dict(self.params),
+                "depth": self.depth, "gamma_mult": self.gamma_mult,
+                "setting": dict(self.setting), "model": self.model,
+                "model_kwargs": dict(self.model_kwargs), "title": self.title, "role": self.role,
+                "kind": self.kind}
 
 
 def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (None,),
                    scales: Sequence[float] = (), annealed: bool = False,
+                   grid: dict | None = None, models: Sequence[dict] = (),
                    family: str | None = None) -> list[Variant]:
     """All variants of a comparison, validated (unknown activations or parameters, and modes the
     model ``family`` cannot train, raise ``ValueError`` before anything trains). ``annealed``:
-    smooth HTAF's γ follows a schedule, so its γ sweep scales the schedule (``gamma_mult``)
-    instead of setting γ."""
+    smooth HTAF's γ follows a schedule, so its γ sweep scales the schedule (``gamma_mult``) instead
+    of setting γ. ``grid``: recipe field → values, every combination a variant. ``models``: other
+    models (see :class:`CompareConfig`)."""
+    points = [tuple(zip(grid, combo)) for combo in itertools.product(*grid.values())] \
+        if grid else [()]
     variants: list[Variant] = []
     for act in activations:
-        resolve_activation(act, family=family)   # "unknown activation ..." naming the choices
+        resolve_activation(act, family=family)   # names the choices, or the family's modes
         sweeps: list[tuple[tuple[tuple[str, float], ...], float]] = [((), 1.0)]
         for param, default in _scale_params(act):
             for m in scales:
                 if m == 1.0:
                     continue
-                if annealed and _key(act) == "htaf" and param == "gamma":
+                if annealed and resolve_activation(act).smooth and param == "gamma":
                     sweeps.append(((), m))     # smooth HTAF: γ is set by the schedule; scale it
                 else:
                     sweeps.append((((param, default * m),), 1.0))
-        for params, gamma_mult in sweeps:
+        for (params, gamma_mult), setting, depth in itertools.product(sweeps, points, depths):
             resolve_activation(act, dict(params))   # e.g. a multiple that breaks a bound
-            for depth in depths:
-                variants.append(Variant(act, params, depth, gamma_mult))
+            variants.append(Variant(act, params, depth, gamma_mult, setting))
+    for spec in models:
+        for setting in points:
+            variants.append(Variant(
+                model=spec["model"], title=spec.get("label", spec["model"]),
+                model_kwargs=tuple(sorted((k, _frozen(v))
+                                          for k, v in spec.get("model_kwargs", {}).items())),
+                role=spec.get("role", "baseline"), setting=setting))
     seen: set[Variant] = set()
     return [v for v in variants if not (v in seen or seen.add(v))]
 
 
+# --------------------------------------------------------------------------------- the config
+
+def compare_recipe(model: str = "dhn_mlp", **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` with the defaults of ``htaf compare`` (:data:`RECIPE`; and
+    :data:`MLP_DEFAULTS` for ``dhn_mlp``) under ``overrides``."""
+    kw = {**RECIPE, "model_kwargs": dict(MLP_DEFAULTS) if model == "dhn_mlp" else {},
+          "out_dir": None, "log": "none"}
+    return TrainConfig(model=model, **{**kw, **overrides})
+
+
 @dataclass
 class CompareConfig:
-    """A comparison: the model and data, the line-up, the sweeps and the training recipe shared by
-    every run. The defaults are ``htaf compare`` with no arguments: a 6-hidden-layer Heaviside MLP
-    on scikit-learn's digits, about a minute on 2 CPU cores (see ``docs/dhn.md`` for the evidence
-    behind the recipe)."""
+    """A comparison: a training recipe, the line-up, the seeds and sweeps, and how to run it.
+    The defaults are ``htaf compare`` with no arguments: a 6-hidden-layer Heaviside MLP on
+    scikit-learn's digits, 8 activations × 3 seeds, about a minute on 2 CPU cores."""
 
-    model: str = "dhn_mlp"
-    model_kwargs: dict | None = None    # None: MLP_DEFAULTS for dhn_mlp, {} otherwise
-    data: str = "digits"
+    recipe: TrainConfig | dict = field(default_factory=compare_recipe)
+    """The model, data and training recipe shared by every run: a TrainConfig, or a dict of its
+    fields on top of htaf compare's defaults. Each run sets its own seed and activation."""
+    # ------------------------------------------------------------------------------ line-up
     activations: tuple[str, ...] = DEFAULT_ACTIVATIONS
-    seeds: tuple[int, ...] = (0, 1)
+    """Activations of the recipe's model: htaf (smooth), htaf_st, any surrogate name, relu."""
+    models: tuple[dict, ...] = ()
+    """Other models in the line-up: {"model", "model_kwargs", "label", "role"} with role htaf,
+    baseline or ceiling."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of every variant (runs with the same seed are paired in the statistics)."""
     depths: tuple[int, ...] | None = None
+    """Depth sweep, e.g. 2 6 12 20; unset: the model's depth."""
     scales: tuple[float, ...] = ()
-    epochs: int = 15
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"
-    # Smooth HTAF at fixed γ: on the deep MLPs here it already ends binary (gap ≈ 0.2 points) and
-    # annealing γ costs accuracy; the CNN of the probes needs (1, 30). Evidence: docs/dhn.md.
-    anneal_gamma: tuple[float, float] | None = None
-    train_kwargs: dict = field(default_factory=dict)
-    device: str = "auto"
+    """Also train each surrogate with its first parameter (α, slope, clip...) and HTAF with each
+    of α, β, γ multiplied by M; each family is reported at its best on validation."""
+    grid: dict = field(default_factory=dict)
+    """Recipe fields to sweep, e.g. {"anneal_gamma": [None, [1, 30]]}; every combination is a
+    variant, chosen on validation within its family like a scale."""
+    # ------------------------------------------------------------------------------ running
+    jobs: int = 0
+    """Runs trained at the same time, each in its own process; 0: one per CPU core (1 on CUDA)."""
+    threads: int = 1
+    """Intra-op threads of each run, whatever jobs is (so results do not depend on jobs)."""
+    # ------------------------------------------------------------------------------- output
     out_dir: str | None = "runs"
+    """Root of the comparison folder; none: write nothing."""
     name: str = "compare"
+    """Comparison folder under out_dir."""
     keep_runs: bool = False
+    """Also keep every run's folder (checkpoints, curves) under OUT/NAME/runs/."""
+    resume: bool = False
+    """Reuse the finished runs of an existing comparison folder (same recipe) and train the rest."""
+    overwrite: bool = False
+    """Replace an existing comparison folder."""
 
     def __post_init__(self):
         from .models import model_family
 
-        family = model_family(self.model)        # "unknown model ..." naming the choices
-        if self.activations == DEFAULT_ACTIVATIONS and family in ("snn", "bnn"):
+        if isinstance(self.recipe, dict):
+            self.recipe = compare_recipe(**self.recipe)
+        if not isinstance(self.recipe, TrainConfig):
+            raise ValueError(f"recipe must be a TrainConfig or a dict, got {self.recipe!r}")
+        self.activations = tuple(self.activations)
+        if (self.activations == DEFAULT_ACTIVATIONS
+                and model_family(self.recipe.model) in ("snn", "bnn")):
             # spikes and signs are exact in training: smooth HTAF is not a variant there
             self.activations = tuple(a for a in DEFAULT_ACTIVATIONS if a != "htaf")
-        if self.model_kwargs is None:
-            self.model_kwargs = dict(MLP_DEFAULTS) if self.model == "dhn_mlp" else {}
-        self.model_kwargs = dict(self.model_kwargs)
-        if not self.activations:
-            raise ValueError("activations must name at least one activation")
-        self.activations = tuple(self.activations)
+        self.models = tuple(dict(m) for m in self.models)
+        for m in self.models:
+            if not isinstance(m.get("model"), str) or m.get("role", "baseline") not in ROLES:
+                raise ValueError(f"each of models needs a 'model' name and a role in {ROLES}, "
+                                 f"got {m!r}")
+        if not self.activations and not self.models:
+            raise ValueError("activations (or models) must name at least one variant")
         self.seeds = tuple(check_int("seed", s, low=0) for s in self.seeds)
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
@@ -193,392 +283,307 @@ class CompareConfig:
             if not self.depths:
                 raise ValueError("depths must list at least one depth (or be None)")
         self.scales = tuple(check_real("scale", s, low=0.0) for s in self.scales)
-        check_int("epochs", self.epochs, low=1)
-        if self.anneal_gamma is not None:
-            self.anneal_gamma = tuple(self.anneal_gamma)
+        self._check_grid()
+        check_int("jobs", self.jobs, low=0)
+        check_int("threads", self.threads, low=1)
         for key in ("activation", "act_params"):
-            if key in self.model_kwargs:
-                raise ValueError(f"model_kwargs must not set {key!r}: the comparison sets it")
-        if self.depths is not None and "depth" in self.model_kwargs:
-            self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k != "depth"}
-        if not self.name or "/" in self.name:
+            if key in self.recipe.model_kwargs:
+                raise ValueError(f"the recipe's model_kwargs must not set {key!r}: each variant "
+                                 f"sets it")
+        if self.depths is not None and "depth" in self.recipe.model_kwargs:
+            kw = {k: v for k, v in self.recipe.model_kwargs.items() if k != "depth"}
+            self.recipe = dataclasses.replace(self.recipe, model_kwargs=kw)
+        if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        for v in self.variants():     # every run's config, validated before anything trains
+            self.train_config(v, self.seeds[0])
+
+    def _check_grid(self) -> None:
+        if not isinstance(self.grid, dict):
+            raise ValueError(f"grid must map recipe fields to lists of values, got {self.grid!r}")
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_RUN
+        for key, values in self.grid.items():
+            if key not in known:
+                raise ValueError(f"grid: {key!r} is not a recipe field; known: "
+                                 f"{', '.join(sorted(known))}")
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise ValueError(f"grid: {key} needs a list of values, got {values!r}")
+        self.grid = {k: [_frozen(v) for v in vs] for k, vs in self.grid.items()}
+
+    def annealed(self) -> bool:
+        """Whether smooth HTAF's γ follows a schedule ("auto" counts as annealed until
+        :func:`compare` resolves it for the model)."""
+        return self.recipe.anneal_gamma is not None
 
     def variants(self) -> list[Variant]:
         from .models import model_family
 
         return build_variants(self.activations, self.depths or (None,), self.scales,
-                              annealed=self.anneal_gamma is not None,
-                              family=model_family(self.model))
+                              annealed=self.annealed(), grid=self.grid, models=self.models,
+                              family=model_family(self.recipe.model))
 
-    def train_config(self, variant: Variant, seed: int):
-        """The :class:`htaf.engine.TrainConfig` of one run."""
-        from .engine import TrainConfig
-
-        model_kwargs = {**self.model_kwargs, "activation": variant.activation}
+    def train_config(self, variant: Variant, seed: int) -> TrainConfig:
+        """The :class:`TrainConfig` of one run."""
+        r = self.recipe
+        model = variant.model or r.model
+        model_kwargs = {**(r.model_kwargs if model == r.model else {}),
+                        **dict(variant.model_kwargs)}
+        if variant.activation is not None:
+            model_kwargs["activation"] = variant.activation
         if variant.params:
-            model_kwargs["act_params"] = variant.act_params
+            model_kwargs["act_params"] = dict(variant.params)
         if variant.depth is not None:
             model_kwargs["depth"] = variant.depth
-        anneal = self.anneal_gamma
-        if anneal is not None and variant.gamma_mult != 1.0:
+        setting = dict(variant.setting)
+        anneal = setting.pop("anneal_gamma", r.anneal_gamma)
+        if variant.gamma_mult != 1.0 and isinstance(anneal, (tuple, list)):
             anneal = tuple(g * variant.gamma_mult for g in anneal)
         keep = self.keep_runs and self.out_dir is not None
-        return TrainConfig(
-            model=self.model, model_kwargs=model_kwargs, data=self.data, epochs=self.epochs,
-            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-            weight_decay=self.weight_decay, schedule=self.schedule, seed=seed,
-            anneal_gamma=anneal, device=self.device,
-            out_dir=str(Path(self.out_dir) / self.name / "runs") if keep else None,
-            name=f"{variant.slug}-s{seed}", log="none", checkpoint_every=0,
-            **self.train_kwargs)
+        return dataclasses.replace(
+            r, model=model, model_kwargs=model_kwargs, seed=seed, anneal_gamma=anneal,
+            **setting, out_dir=str(self.folder() / "runs") if keep else None,
+            name=f"{variant.slug}-s{seed}", resume=self.resume and keep, overwrite=False,
+            log="none", stop_after=None)
+
+    def folder(self) -> Path | None:
+        return None if self.out_dir is None else Path(self.out_dir) / self.name
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["recipe"] = self.recipe.to_dict()
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompareConfig:
+        """Build from a (JSON) dict: ``recipe`` may hold only the fields that differ from
+        htaf compare's defaults; unknown keys are an error naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a comparison config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown comparison field(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        d = dict(d)
+        recipe = dict(d.pop("recipe", {}))
+        for key in ("anneal_gamma", "anneal_beta"):
+            if isinstance(recipe.get(key), list):
+                recipe[key] = tuple(recipe[key])
+        tuples = {k: tuple(d[k]) for k in ("activations", "models", "seeds", "scales")
+                  if d.get(k) is not None}
+        if d.get("depths") is not None:
+            tuples["depths"] = tuple(d["depths"])
+        return cls(**{**d, **tuples, "recipe": compare_recipe(**recipe)})
 
 
-# ------------------------------------------------------------------------------------ results
+# ------------------------------------------------------------------------------------ running
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return statistics.fmean(xs) if xs else None
+def compare(config: CompareConfig | None = None,
+            progress: Callable[[str], None] | None = print):
+    """Train every variant × seed of ``config`` (reusing finished runs with ``resume``); write
+    the comparison folder (unless ``out_dir`` is None); return a
+    :class:`~htaf.results.CompareResult`."""
+    from .data import load_dataset
+    from .results import CompareResult
+
+    config = config or CompareConfig()
+    say = progress or (lambda _msg: None)
+    r = config.recipe
+    dataset = load_dataset(r.data, cache_dir=r.data_cache, root=r.data_root,
+                           val_fraction=r.val_fraction)
+    config = _resolve_auto_annealing(config, dataset)
+    variants = config.variants()
+    plan = [(v, s, config.train_config(v, s)) for v in variants for s in config.seeds]
+    folder = config.folder()
+    done = _claim_folder(config, folder, plan, say)
+    todo = [(v, s, tc) for v, s, tc in plan if _run_key(tc) not in done]
+    jobs = _jobs(config, len(todo))
+    say(f"htaf compare: {r.model} {json.dumps(r.model_kwargs)} on {dataset.name} "
+        f"({dataset.sizes()}), {len(variants)} variant{'s' * (len(variants) > 1)} × "
+        f"{len(config.seeds)} seed{'s' * (len(config.seeds) > 1)} = {len(plan)} runs of "
+        f"{r.epochs} epochs" + (f"; {len(plan) - len(todo)} reused" if done else "")
+        + (f"; {jobs} processes × {config.threads} thread" if jobs > 1 else ""))
+    t_start = time.perf_counter()
+    fresh = _execute(todo, config, dataset, jobs, folder, say)
+    records = [done.get(_run_key(tc)) or fresh[_run_key(tc)] for _, _, tc in plan]
+    for (v, _, _), rec in zip(plan, records):
+        rec["variant"] = v
+    result = CompareResult(config.to_dict(), records,
+                           dataset=f"{dataset.name} ({dataset.sizes()})",
+                           device=_device_name(r.device), wall=time.perf_counter() - t_start)
+    if folder is not None:
+        result.write(folder)
+    return result
 
 
-def _std(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return statistics.stdev(xs) if len(xs) > 1 else None
+def _resolve_auto_annealing(config: CompareConfig, dataset) -> CompareConfig:
+    """Make ``anneal_gamma="auto"`` concrete for the recipe's model (so γ sweeps know whether
+    they scale a schedule, and the records say what ran)."""
+    if config.recipe.anneal_gamma != "auto":
+        return config
+    from .engine.recipe import build_model, resolve_anneal_gamma
+
+    model = build_model(config.train_config(config.variants()[0], config.seeds[0]), dataset)
+    resolved = resolve_anneal_gamma("auto", model)
+    return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe,
+                                                                  anneal_gamma=resolved))
+
+
+def _run_key(tc: TrainConfig) -> str:
+    """What identifies a run across calls: everything that determines its trajectory."""
+    return json.dumps(tc.trajectory(), sort_keys=True)
+
+
+def _claim_folder(config: CompareConfig, folder: Path | None, plan, say) -> dict[str, dict]:
+    """Apply the folder rule (:func:`~htaf.engine.runlog.check_folder`); with ``resume``, return
+    the finished runs of ``runs.jsonl`` that the plan contains (by trajectory)."""
+    from .engine.runlog import check_folder, clear_folder, read_jsonl
+
+    if folder is None:
+        return {}
+    error = check_folder(folder, resume=config.resume, overwrite=config.overwrite,
+                         what="comparison")
+    if error:
+        raise FileExistsError(error)
+    if config.overwrite:
+        clear_folder(folder)
+        return {}
+    earlier = {_run_key_of(rec): rec for rec in read_jsonl(folder / "runs.jsonl")}
+    wanted = {_run_key(tc) for _, _, tc in plan}
+    other = len(set(earlier) - wanted)
+    if other:
+        say(f"note: {other} earlier run(s) in {folder / 'runs.jsonl'} have other settings and "
+            f"are not part of this comparison (they stay in that file)")
+    return {k: rec for k, rec in earlier.items() if k in wanted}
+
+
+def _run_key_of(record: dict) -> str:
+    return json.dumps(record["trajectory"], sort_keys=True)
+
+
+def _jobs(config: CompareConfig, runs: int) -> int:
+    if config.jobs:
+        return max(1, min(config.jobs, runs))
+    device = config.recipe.device
+    if device.startswith("cuda"):
+        return 1
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, runs))
+
+
+def _execute(todo, config: CompareConfig, dataset, jobs: int, folder: Path | None,
+             say) -> dict[str, dict]:
+    """Train ``todo`` (in this process, or in ``jobs`` worker processes); each finished run's record
+    is appended to ``runs.jsonl`` at once, so a killed comparison keeps what it finished."""
+    from .engine.runlog import RunLog
+
+    out: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    width = len(str(len(todo)))
+    log = RunLog(folder) if folder is not None else None
+
+    def finished(item, rec):
+        v, seed, tc = item
+        rec.update(variant_json=v.to_json(), seed=seed, trajectory=tc.trajectory())
+        out[_run_key(tc)] = rec
+        if log is not None:
+            log.append("runs.jsonl", rec)
+        m, done = rec["metrics"], len(out)
+        eta = (time.perf_counter() - t0) / done * (len(todo) - done)
+        say(f"[{done:>{width}}/{len(todo)}] {v.label:<28} seed {seed}: hard val "
+            f"{_pct(m.get('hard_val_acc'))}%, test {_pct(m.get('hard_test_acc'))}%  "
+            f"({rec['time']:.1f} s, eta {eta:.0f} s)")
+
+    if jobs <= 1:
+        _DATASET.clear()
+        _DATASET[_data_key(config.recipe)] = dataset
+        try:
+            for item in todo:
+                finished(item, _train_one(item[2].to_dict(), config.threads))
+        finally:
+            _DATASET.clear()
+        return out
+    with ProcessPoolExecutor(jobs, mp_context=_process_context()) as pool:
+        futures = {pool.submit(_train_one, item[2].to_dict(), config.threads): item
+                   for item in todo}
+        try:
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return out
+
+
+def _process_context():
+    """Workers start clean, never forked from this (possibly multithreaded) process: from a
+    fork server that has imported the training code once (Linux, macOS; torch._dynamo too,
+    which every torch optimizer imports on construction), else spawned. As with any
+    multiprocessing, a script that calls :func:`compare` with ``jobs > 1`` needs an
+    ``if __name__ == "__main__":`` guard."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["htaf.compare", "htaf.engine.loop", "htaf.data",
+                                    "torch._dynamo"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+_DATASET: dict = {}    # the dataset of this process's runs (a worker loads it once)
+
+
+def _data_key(tc: TrainConfig) -> tuple:
+    return tc.data, tc.data_cache, tc.data_root, tc.val_fraction
+
+
+def _train_one(config: dict, threads: int) -> dict:
+    """Train one run with ``threads`` intra-op threads (in a worker process, or here); return
+    its record: final metrics (validation and test), curves, wall time, run folder."""
+    import torch
+
+    from .data import load_dataset
+    from .engine.loop import train
+
+    tc = TrainConfig.from_dict(config)
+    key = _data_key(tc)
+    if key not in _DATASET:
+        _DATASET.clear()
+        _DATASET[key] = load_dataset(tc.data, cache_dir=tc.data_cache, root=tc.data_root,
+                                     val_fraction=tc.val_fraction)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        result = train(tc, dataset=_DATASET[key])
+        wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    curve = ("epoch", "train_loss", "val_loss", "hard_val_loss", "val_acc", "hard_val_acc",
+             "val_dead_units", "gamma")
+    return {"metrics": result.metrics, "time": wall,
+            "history": [{k: r.get(k) for k in curve} for r in result.history],
+            "run_dir": str(result.run_dir) if result.run_dir else None}
 
 
 def _pct(x, digits=1):
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
-@dataclass
-class CompareResult:
-    """Per-run records (``runs``), per-variant aggregates (``rows``) and the output folder."""
+def _device_name(device: str) -> str:
+    import platform
 
-    config: CompareConfig
-    runs: list[dict]
-    rows: list[dict]
-    out_dir: Path | None
-    device: str
+    import torch
 
-    def row(self, variant: Variant) -> dict:
-        return next(r for r in self.rows if r["variant"] == variant)
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
-    def best_baseline(self, depth: int | None = None) -> dict | None:
-        """The baseline surrogate with the highest mean hard-mode accuracy (at ``depth``)."""
-        rows = [r for r in self.rows if r["variant"].kind == "baseline"
-                and (depth is None or r["variant"].depth == depth) and r["hard_acc"] is not None]
-        return max(rows, key=lambda r: r["hard_acc"], default=None)
-
-    def table(self) -> str:
-        """The comparison as a Markdown table (also what ``htaf compare`` prints)."""
-        n = len(self.config.seeds)
-        head = (f"| activation | depth | hard test acc % (mean ± std, {n} seed{'s' * (n > 1)}) | "
-                f"smooth→hard gap (pts) | dead units % | final train loss | time / run (s) |")
-        lines = [head, "|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            v = r["variant"]
-            acc = _pct(r["hard_acc"], 2)
-            if r["hard_acc_std"] is not None:
-                acc += f" ± {100 * r['hard_acc_std']:.2f}"
-            gap = _pct(r["gap"], 2) if v.smooth else "—"
-            dead = _pct(r["dead_units"], 1) if v.kind != "ceiling" else "—"
-            loss = "—" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
-            flag = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-            depth = r["depth"] if r["depth"] is not None else self.config.model_kwargs.get(
-                "depth", "—")
-            lines.append(f"| {v.name}{flag} | {depth} | {acc} | {gap} | {dead} | {loss} | "
-                         f"{r['time']:.1f} |")
-        return "\n".join(lines)
-
-    def depth_table(self) -> str | None:
-        """Hard-mode accuracy per variant (rows) and depth (columns), for a depth sweep."""
-        depths = sorted({r["depth"] for r in self.rows if r["depth"] is not None})
-        if len(depths) < 2:
-            return None
-        names = list(dict.fromkeys(r["variant"].name for r in self.rows))
-        lines = ["| activation | " + " | ".join(f"depth {d}" for d in depths) + " |",
-                 "|---|" + "---|" * len(depths)]
-        for name in names:
-            cells = []
-            for d in depths:
-                r = next((r for r in self.rows if r["variant"].name == name and r["depth"] == d),
-                         None)
-                cell = "—" if r is None else _pct(r["hard_acc"], 1)
-                if r is not None and r["hard_acc_std"] is not None:
-                    cell += f" ± {100 * r['hard_acc_std']:.1f}"
-                cells.append(cell)
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def headline(self) -> str:
-        """One line per depth: HTAF smooth and straight-through vs the best baseline and ReLU."""
-        out = []
-        for depth in dict.fromkeys(r["depth"] for r in self.rows):
-            at = [r for r in self.rows if r["depth"] == depth and not r["variant"].params
-                  and r["variant"].gamma_mult == 1.0]
-            parts = [f"{r['variant'].activation} {_pct(r['hard_acc'])}%" for r in at
-                     if r["variant"].kind != "baseline"]
-            best = self.best_baseline(depth)
-            if best is not None:
-                parts.append(f"best baseline {best['variant'].name} {_pct(best['hard_acc'])}%")
-            shown = depth if depth is not None else self.config.model_kwargs.get("depth")
-            prefix = "" if shown is None else f"depth {shown}: "
-            out.append(prefix + ", ".join(parts))
-        return "\n".join(out)
-
-    def to_json(self) -> dict:
-        def variant(v: Variant) -> dict:
-            return {"name": v.name, "activation": v.activation, "act_params": v.act_params,
-                    "depth": v.depth, "gamma_mult": v.gamma_mult, "kind": v.kind}
-
-        return {"config": self.config.to_dict(), "device": self.device,
-                "torch": torch.__version__,
-                "rows": [{**r, "variant": variant(r["variant"])} for r in self.rows],
-                "runs": [{**r, "variant": variant(r["variant"])} for r in self.runs]}
-
-
-def _aggregate(variants: list[Variant], runs: list[dict]) -> list[dict]:
-    rows = []
-    for v in variants:
-        rs = [r for r in runs if r["variant"] == v]
-        finite = [r for r in rs if r["train_loss"] is not None and math.isfinite(r["train_loss"])]
-        rows.append({
-            "variant": v, "depth": v.depth, "seeds": [r["seed"] for r in rs],
-            "hard_acc": _mean(r["hard_test_acc"] for r in rs),
-            "hard_acc_std": _std([r["hard_test_acc"] for r in rs]),
-            "acc": _mean(r["test_acc"] for r in rs),
-            "gap": _mean(r["gap"] for r in rs),
-            "dead_units": _mean(r["dead_units"] for r in rs),
-            "train_loss": _mean(r["train_loss"] for r in finite),
-            "diverged": len(rs) - len(finite),
-            "time": _mean(r["time"] for r in rs) or 0.0,
-        })
-    return rows
-
-
-# ------------------------------------------------------------------------------------ running
-
-def compare(config: CompareConfig | None = None,
-            progress: Callable[[str], None] | None = print) -> CompareResult:
-    """Train every variant × seed of ``config``; write the report (unless ``out_dir`` is None)."""
-    from .data import load_dataset
-    from .engine import train
-
-    config = config or CompareConfig()
-    variants = config.variants()
-    jobs = [(v, s) for v in variants for s in config.seeds]
-    configs = [config.train_config(v, s) for v, s in jobs]   # validates everything up front
-    dataset = load_dataset(config.data)
-    say = progress or (lambda _msg: None)
-    say(f"htaf compare: {config.model} {json.dumps(config.model_kwargs)} on {dataset.name} "
-        f"({dataset.train_x.shape[0]} train / {dataset.test_x.shape[0]} test), "
-        f"{len(variants)} variant{'s' * (len(variants) > 1)} × {len(config.seeds)} "
-        f"seed{'s' * (len(config.seeds) > 1)} = {len(jobs)} runs of {config.epochs} epochs")
-    runs = []
-    t_start = time.perf_counter()
-    for i, ((variant, seed), tc) in enumerate(zip(jobs, configs)):
-        t0 = time.perf_counter()
-        result = train(tc)
-        m = result.metrics
-        runs.append({
-            "variant": variant, "seed": seed, "hard_test_acc": m.get("hard_test_acc"),
-            "test_acc": m.get("test_acc"), "gap": m.get("gap"), "dead_units": m.get("dead_units"),
-            "train_loss": m.get("train_loss"), "time": time.perf_counter() - t0,
-            "run_dir": str(result.run_dir) if result.run_dir else None,
-            "history": [{k: r.get(k) for k in ("epoch", "train_loss", "test_loss", "hard_test_loss",
-                                               "hard_test_acc", "test_acc", "dead_units", "gamma")}
-                        for r in result.history]})
-        elapsed = time.perf_counter() - t_start
-        eta = elapsed / (i + 1) * (len(jobs) - i - 1)
-        say(f"[{i + 1:>{len(str(len(jobs)))}}/{len(jobs)}] {variant.label:<28} seed {seed}: "
-            f"hard {_pct(m.get('hard_test_acc'))}%  ({runs[-1]['time']:.1f} s, eta {eta:.0f} s)")
-    device = str(next(iter(result.model.parameters())).device) if result.model else config.device
-    res = CompareResult(config, runs, _aggregate(variants, runs), None, device)
-    if config.out_dir is not None:
-        res.out_dir = Path(config.out_dir) / config.name
-        write_report(res, dataset_name=dataset.name, wall=time.perf_counter() - t_start)
-    return res
-
-
-# ------------------------------------------------------------------------------------- report
-
-def _figure(w, h):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _colors(names, many=False):
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if len(names) <= 10 and not many else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
-
-
-def plot_results(res: CompareResult, out: Path) -> list[Path]:
-    """``loss.png``, ``accuracy.png`` and, for sweeps, ``depth.png`` / ``scales.png``."""
-    import numpy as np
-
-    names = list(dict.fromkeys(r["variant"].name for r in res.rows))
-    color = _colors(names)
-    depths = list(dict.fromkeys(r["depth"] for r in res.rows))
-    paths = []
-
-    # loss curves: one panel per depth, mean over seeds (band: min–max)
-    fig = _figure(4.2 * len(depths) + 1.8, 3.8)
-    for j, depth in enumerate(depths):
-        ax = fig.add_subplot(1, len(depths), j + 1)
-        for name in names:
-            rs = [r for r in res.runs if r["variant"].name == name and r["variant"].depth == depth]
-            if not rs:
-                continue
-            curves = np.array([[h["train_loss"] for h in r["history"]] for r in rs], dtype=float)
-            epochs = np.arange(1, curves.shape[1] + 1)
-            ax.plot(epochs, np.nanmean(curves, 0), color=color[name], label=name,
-                    linestyle="--" if rs[0]["variant"].kind == "ceiling" else "-")
-            if len(rs) > 1:
-                ax.fill_between(epochs, np.nanmin(curves, 0), np.nanmax(curves, 0),
-                                color=color[name], alpha=0.15, linewidth=0)
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("train loss" if j == 0 else "")
-        ax.set_title("train loss" + ("" if depth is None else f", depth {depth}"))
-        ax.grid(alpha=0.3)
-    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - 1.8 / (4.2 * len(depths) + 1.8), 1))
-    paths.append(out / "loss.png")
-    fig.savefig(paths[-1])
-
-    # accuracy bars, grouped by depth, error bars = seed std
-    fig = _figure(max(6.0, 0.45 * len(res.rows) + 2), 4.2)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(depths))
-    for j, depth in enumerate(depths):
-        rows = [r for r in res.rows if r["depth"] == depth]
-        xs = [names.index(r["variant"].name) + (j - (len(depths) - 1) / 2) * width for r in rows]
-        ys = [100 * (r["hard_acc"] or 0) for r in rows]
-        err = [100 * (r["hard_acc_std"] or 0) for r in rows]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, color=[color[r["variant"].name] for r in rows],
-               alpha=1.0 - 0.6 * j / max(1, len(depths)), edgecolor="black", linewidth=0.4,
-               label=None if depth is None else f"depth {depth}")
-    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("hard-mode test accuracy (%)")
-    accs = [100 * r["hard_acc"] for r in res.rows if r["hard_acc"] is not None]
-    if accs:
-        ax.set_ylim(max(0.0, min(accs) - 5), 100)
-    ax.set_title(f"{res.config.model} on {res.config.data}: hard-mode test accuracy")
-    if len(depths) > 1:
-        ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    paths.append(out / "accuracy.png")
-    fig.savefig(paths[-1])
-
-    # depth sweep: accuracy vs depth per activation
-    if len(depths) > 1 and None not in depths:
-        fig = _figure(6.5, 4.2)
-        ax = fig.add_subplot()
-        for name in names:
-            rows = sorted((r for r in res.rows if r["variant"].name == name),
-                          key=lambda r: r["depth"])
-            ax.errorbar([r["depth"] for r in rows], [100 * (r["hard_acc"] or 0) for r in rows],
-                        yerr=[100 * (r["hard_acc_std"] or 0) for r in rows], marker="o",
-                        capsize=2, color=color[name], label=name)
-        ax.set_xlabel("hidden layers")
-        ax.set_ylabel("hard-mode test accuracy (%)")
-        ax.set_title("accuracy vs depth")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "depth.png")
-        fig.savefig(paths[-1])
-
-    # scale sweep: accuracy vs multiplier of each activation's swept parameter
-    if res.config.scales:
-        fig = _figure(6.5, 4.2)
-        ax = fig.add_subplot()
-        depth = depths[0]
-        palette = _colors([f"{a} {p}" for a in res.config.activations
-                           for p, _ in _scale_params(a)], many=True)
-        for act in res.config.activations:
-            for param, default in _scale_params(act):
-                pts = []
-                for r in res.rows:
-                    v = r["variant"]
-                    if v.activation != act or v.depth != depth or r["hard_acc"] is None:
-                        continue
-                    if not v.params and v.gamma_mult == 1.0:
-                        pts.append((1.0, r["hard_acc"]))
-                    elif v.params and v.params[0][0] == param:
-                        pts.append((v.params[0][1] / default, r["hard_acc"]))
-                    elif param == "gamma" and v.gamma_mult != 1.0:
-                        pts.append((v.gamma_mult, r["hard_acc"]))
-                if len(pts) > 1:
-                    pts.sort()
-                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o",
-                            color=palette[f"{act} {param}"],
-                            linestyle="-" if _key(act) in _HTAF else "--",
-                            label=f"{act} {_GREEK.get(param, param)}")
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter("{x:g}")
-        ax.set_xlabel("multiple of the default value")
-        ax.set_ylabel("hard-mode test accuracy (%)")
-        ax.set_title("scale sweep" + ("" if depth is None else f", depth {depth}"))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        paths.append(out / "scales.png")
-        fig.savefig(paths[-1])
-    return paths
-
-
-_TAILS_NOTE = (
-    "About tails: atan, fast_sigmoid and super_spike have polynomial (x⁻²) gradient tails, heavier "
-    "than HTAF's e^(−α|x|); sigmoid and erf have lighter (exponential, Gaussian) ones, and "
-    "piecewise_quadratic, triangle, rect and the clipped STE none at all. What HTAF adds is a "
-    "sharp, high-mass centre (β, γ) with the tail rate (α) set independently.")
-
-
-def write_report(res: CompareResult, dataset_name: str | None = None,
-                 wall: float | None = None) -> Path:
-    """Write ``report.md``, ``results.json`` and the plots into ``res.out_dir``."""
-    out = res.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    plot_results(res, out)
-    c = res.config
-    anneal = ("γ fixed" if c.anneal_gamma is None else
-              "γ annealed " + "→".join(f"{g:g}" for g in c.anneal_gamma) + " (exp)")
-    recipe = (f"{c.optimizer} lr {c.lr:g} ({c.schedule}), batch {c.batch_size}, weight decay "
-              f"{c.weight_decay:g}, {c.epochs} epochs; smooth HTAF: {anneal}")
-    setup = (f"Model `{c.model}` {json.dumps(c.model_kwargs)}; seeds {list(c.seeds)}; {recipe}; "
-             f"device {res.device}, torch {torch.__version__}, {platform.machine()}"
-             + (f"; total wall time {wall:.0f} s." if wall is not None else "."))
-    legend = ("Accuracy is measured in **hard mode**: every hidden activation is the exact step "
-              "1[x ≥ 0] (ReLU excepted: the full-precision ceiling). The smooth→hard gap is "
-              "reported for smooth HTAF only (straight-through variants are step networks in "
-              "training already). A unit is dead when its state never changes over the test set "
-              "(a channel for convolutions).")
-    lines = [f"# htaf compare: {c.model} on {dataset_name or c.data}", "", setup, "", legend, "",
-             "## Results", "", res.table(), "", res.headline(), ""]
-    depth_table = res.depth_table()
-    if depth_table:
-        lines += ["## Depth sweep (hard-mode test accuracy %)", "", depth_table, "",
-                  "![accuracy vs depth](depth.png)", ""]
-    if c.scales:
-        note = " (for smooth HTAF, the range of its γ schedule)" if c.anneal_gamma else ""
-        sweep = (f"Scale sweep: multiples {list(c.scales)} of each surrogate's first parameter "
-                 f"and of HTAF's α, β, γ{note}.")
-        lines += [sweep, "", "![scales](scales.png)", ""]
-    lines += ["## Curves", "", "![train loss](loss.png)", "", "![accuracy](accuracy.png)", "",
-              _TAILS_NOTE, "",
-              "Per-run metrics and curves: `results.json`"
-              + ("; run folders: `runs/`." if c.keep_runs else "."), ""]
-    (out / "report.md").write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps(res.to_json(), indent=1) + "\n")
-    return out / "report.md"

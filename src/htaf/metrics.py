@@ -100,15 +100,24 @@ def evaluate(model: nn.Module, batches, *, mode: str | None = None, dead_units: 
     ``mode`` (``"hard"``, ``"smooth"``, ...) switches every binary activation for the evaluation
     (None: as the model is). ``dead_units=True`` adds ``dead_units``, the fraction of binary units
     whose output never changes (None when the model has none). ``amp``: bf16 autocast on CUDA.
+
+    A **hard** evaluation is the binary network exactly: it runs in fp32 with autocast off
+    (``amp`` and any autocast the caller has entered are ignored, on the CPU and on CUDA), so its
+    accuracy is that of the packed model ``htaf export`` ships; in bf16 a ±1 dot product over a
+    few thousand inputs is not exact, and neither is the sign that follows.
     """
     was_training = model.training
     model.eval()
+    exact = mode == "hard"
     ranges = _UnitRange(model) if dead_units else None
     loss_sum = correct = count = None
     try:
-        with using_mode(model, mode) if mode else contextlib.nullcontext():
+        with using_mode(model, mode) if mode else contextlib.nullcontext(), \
+                _exact_fp32() if exact else contextlib.nullcontext():
             for x, y in batches:
-                with torch.autocast("cuda", torch.bfloat16, enabled=amp and x.is_cuda):
+                if exact and x.is_floating_point():
+                    x = x.float()
+                with torch.autocast("cuda", torch.bfloat16, enabled=amp and x.is_cuda and not exact):
                     logits = model(x)
                 batch_loss = F.cross_entropy(logits.float(), y, reduction="sum")
                 batch_correct = (logits.argmax(1) == y).sum()
@@ -138,6 +147,19 @@ def evaluate(model: nn.Module, batches, *, mode: str | None = None, dead_units: 
             ranges.remove()
         model.train(was_training)
     return result
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """Autocast off on every device type, and no TF32 in CUDA matmuls and convolutions (TF32
+    rounds the inputs to 10 mantissa bits: not exact either)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def binary_units(model: nn.Module, batches, *, mode: str = "hard") -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ import torch
 
 from .surrogates import Surrogate, get_surrogate, list_surrogates
 
-__all__ = ["format_table", "gradient_mass_table", "plot_surrogates"]
+__all__ = ["format_table", "gradient_mass_table", "plot_surrogates", "surrogates_figure"]
 
 _POINTS = (0.0, 2.0, 5.0, 10.0)
 
@@ -42,17 +42,24 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     """Draw each surrogate's smooth form and derivative (linear, and log-scale tails) to PNG."""
-    import matplotlib  # Figure + Agg canvas, not pyplot: the caller's backend stays as it is
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .engine.runlog import save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    return [save_figure(surrogates_figure(surrogates), out / "surrogates.png", dpi=120)]
+
+
+def surrogates_figure(surrogates=None):
+    """The figure of :func:`plot_surrogates`: three panels and, to their right, one legend
+    (inside a panel it covered curves: swish_sign's, in the derivative panel)."""
+    import matplotlib  # Figure + Agg canvas, not pyplot: the caller's backend stays as it is
+
+    from .engine.runlog import new_figure
+
     items = _resolve(surrogates)
     x = torch.linspace(-4, 4, 1601, dtype=torch.float64)
     xt = torch.linspace(0, 20, 2001, dtype=torch.float64)
-    fig = Figure(figsize=(16, 4.8))
-    FigureCanvasAgg(fig)
+    fig = new_figure(18, 4.8, dpi=100)
     axes = fig.subplots(1, 3)
     colors = matplotlib.colormaps["tab20"].colors
     for i, s in enumerate(items):
@@ -71,11 +78,11 @@ def plot_surrogates(out_dir: str | Path, surrogates=None) -> list[Path]:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.set_xlabel("x")
-    axes[1].legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = out / "surrogates.png"
-    fig.savefig(path, dpi=120)
-    return [path]
+    legend_share = 0.12
+    fig.tight_layout(rect=(0, 0, 1 - legend_share, 1))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", fontsize=9,
+               bbox_to_anchor=(1 - legend_share + 0.005, 0.5), frameon=False)
+    return fig
 
 
 def _resolve(surrogates) -> list[Surrogate]:

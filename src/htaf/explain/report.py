@@ -14,7 +14,6 @@ W[ŷ, k]·c_k to the predicted logit), ``interventions`` (logits before/after fl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine.runlog import atomic_write_json, atomic_write_text, new_figure, read_jsonl, save_figure
 from ..nn import using_mode
 from .metrics import ConceptOutputs, collect, concept_metrics, seed_flip_rate
 
@@ -89,16 +89,11 @@ def concept_importance(codes: torch.Tensor, weight: torch.Tensor, preds: torch.T
 
 # --- drawing -----------------------------------------------------------------------------------
 def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(w, h, dpi=100)
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, bbox_inches="tight")
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def _to_pil(img: torch.Tensor, size: int) -> Image.Image:
@@ -391,16 +386,9 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
         metrics=_metric_rows(metrics), history=_history_table(history or []),
         concepts=concept_cards, shown=set(shown), images=image_cards, flips=flip_cards)
     path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(path, page)
+    atomic_write_json(out_dir / "metrics.json", metrics, indent=2)
     return Report(path, metrics, shown, chosen, classes, results)
-
-
-def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
@@ -426,4 +414,4 @@ def explain_run(run_dir: str | Path, *, out_dir: str | Path | None = None,
                                "seed_flip_rate": seed_flip_rate(*codes)}
     kw.setdefault("title", f"ICBM report: {run_dir.name} ({config.model} on {config.data})")
     return build_report(model, dataset, out_dir or run_dir / "explain",
-                        history=_read_history(run_dir), **kw)
+                        history=read_jsonl(run_dir / "metrics.jsonl"), **kw)
