@@ -49,7 +49,6 @@ from pathlib import Path
 
 from ._checks import check_int, check_real
 from .engine.config import TrainConfig
-from .surrogates import resolve_activation
 
 __all__ = ["CompareConfig", "Variant", "compare", "build_variants", "compare_recipe",
            "DEFAULT_ACTIVATIONS", "RECIPE", "ROLES"]
@@ -71,6 +70,14 @@ _PER_RUN = {"seed", "name", "out_dir", "resume", "overwrite", "log", "stop_after
 
 # --------------------------------------------------------------- activation names (the resolver)
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "slope": "k", "clip": "clip"}
+
+
+def resolve_activation(*args, **kwargs):
+    """:func:`htaf.surrogates.resolve_activation`, imported on first use (the CLI builds its
+    parser from this module without importing torch)."""
+    from .surrogates import resolve_activation
+
+    return resolve_activation(*args, **kwargs)
 
 
 def _role(activation: str) -> str:

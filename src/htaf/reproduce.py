@@ -88,7 +88,7 @@ PARTS: dict[str, Part] = {
         "Binary VGG-small (sign activations and weights, per-channel scale, real first/last layer)",
         {"recipe": {"model": "bnn_vgg_small", "data": CIFAR, "epochs": 20, "optimizer": "adamw",
                     "lr": 2e-3, "weight_decay": 0.0, "schedule": "onecycle", "batch_size": 256},
-         "activations": ["htaf", "approx_sign", "ste", "relu"], "seeds": _SEEDS,
+         "activations": ["htaf_st", "approx_sign", "ste", "relu"], "seeds": _SEEDS,
          "scales": [0.5, 2.0]},
         smoke={"width_mult": 1 / 16},
         baseline_note="Larq's ste_sign and Bi-Real's approx_sign, the usual BNN estimators"),

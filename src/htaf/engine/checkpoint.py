@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .recipe import anneal_progress, build_model, smooth_annealer
+from .recipe import build_model
 from .runlog import atomic_save
 
 __all__ = ["save", "load", "restore", "check_resumable", "rng_state", "set_rng_state",
@@ -78,9 +78,9 @@ def restore(ckpt: dict, *, config: TrainConfig, path: Path, model: nn.Module, op
 
 
 def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "last.pt"):
-    """Rebuild a trained run: ``(model, dataset, config)``, the model in eval mode on ``device``,
-    its smooth HTAF layers set to the γ/β they had in the last trained epoch; the dataset with
-    the run's validation split."""
+    """Rebuild a trained run: ``(model, dataset, config)``, the model in eval mode on ``device``
+    (annealed γ/β are buffers: the checkpoint restores them); the dataset with the run's
+    validation split."""
     from ..data import load_dataset
 
     run_dir = Path(run_dir)
@@ -94,7 +94,4 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str
     model = build_model(config, dataset)
     ckpt = load(ckpt_path)
     model.load_state_dict(ckpt["model"])
-    annealer = smooth_annealer(config, model)
-    if annealer is not None and ckpt["epoch"] > 0:
-        annealer.set_progress(anneal_progress(ckpt["epoch"] - 1, config.epochs))
     return model.to(device).eval(), dataset, config

@@ -334,8 +334,7 @@ def _wrap(model: nn.Module, config: TrainConfig, env, device: torch.device):
     asked); ``train_model`` trains, DDP inside torch.compile so Dynamo's DDP optimizer can
     overlap the all-reduce with the backward."""
     fast = model
-    if config.compile:
-        _configure_compile(config.epochs)
+    if config.compile:   # annealed γ/β are buffers: changing them never recompiles
         fast = torch.compile(model)
     train_model = fast
     if env.world > 1:
@@ -351,23 +350,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)   # also seeds every CUDA device
-
-
-# Graphs a compiled model adds per annealed epoch (train, smooth eval, hard eval, one spare).
-_GRAPHS_PER_EPOCH = 4
-
-
-def _configure_compile(epochs: int) -> None:
-    """γ changes once per epoch and evaluation flips modes: allow the recompiles that causes.
-
-    Each annealed epoch adds up to ``_GRAPHS_PER_EPOCH`` graphs (train, smooth eval, hard eval
-    with the dead-unit hooks); past the limit Dynamo silently falls back to eager for the rest of
-    the run, so the limit grows with ``epochs`` (a fixed 64 was reached near epoch 20).
-    """
-    cfg = torch._dynamo.config
-    needed = _GRAPHS_PER_EPOCH * epochs + 16
-    for name, floor in (("recompile_limit", needed), ("cache_size_limit", needed),
-                        ("accumulated_recompile_limit", 4 * needed),
-                        ("accumulated_cache_size_limit", 4 * needed)):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), floor))
