@@ -272,3 +272,11 @@ def test_binary_layers_forward_does_not_depend_on_grad_mode(mode, grad):
     assert y.isnan().all() and z.isnan().any() and torch.isfinite(finite).all()
     with torch.no_grad():
         assert torch.equal(lin(x).isnan(), y.isnan()) and torch.equal(conv(img).isnan(), z.isnan())
+
+
+def test_vgg_small_takes_28_pixel_images():
+    """Fashion-MNIST's 28×28: three floor-rounding pools (28 → 14 → 7 → 3)."""
+    model = create_model("bnn_vgg_small", in_channels=1, image_size=28, width_mult=1 / 16)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="image_size >= 8"):
+        create_model("bnn_vgg_small", in_channels=1, image_size=6)

@@ -171,6 +171,7 @@ def test_bad_shapes():
     ("snn_sew_resnet", {"width": 4, "neuron": "if", "v_reset": None, "activation": "htaf_st",
                         "act_params": {"beta": 8.0}}),
     ("snn_vgg", {"width": 4, "depth": 2, "activation": "sigmoid", "act_params": {"alpha": 2.0}}),
+    ("snn_csnn", {"width": 4, "hidden": 16, "activation": "atan", "act_params": {"alpha": 3.0}}),
 ])
 def test_cnn_models_shapes_and_grads(name, kw):
     torch.manual_seed(0)

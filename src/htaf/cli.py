@@ -184,7 +184,7 @@ def _compare_fields() -> tuple[list[str], list[str]]:
     from .compare import _PER_RUN, CompareConfig
 
     own = [f.name for f in dataclasses.fields(CompareConfig)
-           if f.name not in ("recipe", "models", "grid")]
+           if f.name not in ("recipe", "models", "grid", "act_params")]
     return own, [n for n in _train_fields() if n not in _PER_RUN or n == "model"]
 
 

@@ -84,9 +84,10 @@ def _role(activation: str) -> str:
     return resolve_activation(activation).kind
 
 
-def _scale_params(activation: str) -> list[tuple[str, float]]:
-    """The parameters a scale sweep multiplies: HTAF's α, β, γ; a baseline's first parameter."""
-    spec = resolve_activation(activation)
+def _scale_params(activation: str, params: dict | None = None) -> list[tuple[str, float]]:
+    """The parameters a scale sweep multiplies (HTAF's α, β, γ; a baseline's first parameter),
+    with their values under ``params`` (else the defaults)."""
+    spec = resolve_activation(activation, params)
     if not spec.binary:
         return []
     values = spec.surrogate.hyperparameters()
@@ -177,26 +178,29 @@ class Variant:
 def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (None,),
                    scales: Sequence[float] = (), annealed: bool = False,
                    grid: dict | None = None, models: Sequence[dict] = (),
-                   family: str | None = None) -> list[Variant]:
+                   family: str | None = None, act_params: dict | None = None) -> list[Variant]:
     """All variants of a comparison, validated (unknown activations or parameters, and modes the
     model ``family`` cannot train, raise ``ValueError`` before anything trains). ``annealed``:
     smooth HTAF's γ follows a schedule, so its γ sweep scales the schedule (``gamma_mult``) instead
     of setting γ. ``grid``: recipe field → values, every combination a variant. ``models``: other
-    models (see :class:`CompareConfig`)."""
+    models (see :class:`CompareConfig`). ``act_params``: activation → its hyperparameters (the
+    scales multiply these)."""
     points = [tuple(zip(grid, combo)) for combo in itertools.product(*grid.values())] \
         if grid else [()]
     variants: list[Variant] = []
     for act in activations:
-        resolve_activation(act, family=family)   # names the choices, or the family's modes
-        sweeps: list[tuple[tuple[tuple[str, float], ...], float]] = [((), 1.0)]
-        for param, default in _scale_params(act):
+        base = dict((act_params or {}).get(act, {}))
+        resolve_activation(act, base, family=family)   # names the choices, or the family's modes
+        sweeps: list[tuple[tuple[tuple[str, float], ...], float]] = [
+            (tuple(sorted(base.items())), 1.0)]
+        for param, value in _scale_params(act, base):
             for m in scales:
                 if m == 1.0:
                     continue
                 if annealed and resolve_activation(act).smooth and param == "gamma":
-                    sweeps.append(((), m))     # smooth HTAF: γ is set by the schedule; scale it
+                    sweeps.append((tuple(sorted(base.items())), m))   # γ set by the schedule
                 else:
-                    sweeps.append((((param, default * m),), 1.0))
+                    sweeps.append((tuple(sorted({**base, param: value * m}.items())), 1.0))
         for (params, gamma_mult), setting, depth in itertools.product(sweeps, points, depths):
             resolve_activation(act, dict(params))   # e.g. a multiple that breaks a bound
             variants.append(Variant(act, params, depth, gamma_mult, setting))
@@ -246,6 +250,9 @@ class CompareConfig:
     grid: dict = field(default_factory=dict)
     """Recipe fields to sweep, e.g. {"anneal_gamma": [None, [1, 30]]}; every combination is a
     variant, chosen on validation within its family like a scale."""
+    act_params: dict = field(default_factory=dict)
+    """Hyperparameters of an activation's variants, e.g. {"atan": {"alpha": 1.0}} (a scale an
+    earlier sweep chose on validation); scales multiply these."""
     # ------------------------------------------------------------------------------ running
     jobs: int = 0
     """Runs trained at the same time, each in its own process; 0: one per CPU core (1 on CUDA)."""
@@ -329,7 +336,7 @@ class CompareConfig:
 
         return build_variants(self.activations, self.depths or (None,), self.scales,
                               annealed=self.annealed(), grid=self.grid, models=self.models,
-                              family=model_family(self.recipe.model))
+                              family=model_family(self.recipe.model), act_params=self.act_params)
 
     def train_config(self, variant: Variant, seed: int) -> TrainConfig:
         """The :class:`TrainConfig` of one run."""

@@ -55,6 +55,10 @@ class Part:
     smoke: dict = field(default_factory=dict)
     baseline_note: str = ""
     gpu: bool = True
+    select: dict | None = None
+    """A selection stage run first (its comparison is ``<part>-select``): these overrides of
+    ``config`` (e.g. one depth, fewer seeds, a scale sweep); each activation's best setting on
+    validation is then fixed (``act_params``) for the part's own runs."""
 
 
 _SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
@@ -117,9 +121,11 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
                 seeds: tuple[int, ...] | None = None, scales: tuple[float, ...] | None = None,
                 device: str = "auto", compile: bool = False, smoke: bool = False,
                 jobs: int = 0, resume: bool = False, overwrite: bool = False,
-                keep_runs: bool = False):
+                keep_runs: bool = False, stage: str | None = None,
+                act_params: dict | None = None):
     """The :class:`~htaf.compare.CompareConfig` of part ``name`` with the command line's
-    overrides; ``smoke``: tiny models on digits, 1 epoch, seeds 0 and 1, no scale sweep."""
+    overrides; ``smoke``: tiny models on digits, 1 epoch, seeds 0 and 1, no scale sweep.
+    ``stage="select"``: the part's selection stage; ``act_params``: what it chose."""
     import torch
 
     from .compare import CompareConfig
@@ -127,6 +133,10 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
     check_choice("part", name, tuple(PARTS))
     part = PARTS[name]
     d = json.loads(json.dumps(part.config))
+    if stage == "select":
+        d.update(json.loads(json.dumps(part.select or {})))
+    elif act_params:
+        d.update(act_params=act_params, scales=[])
     recipe = d.setdefault("recipe", {})
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     recipe.update(device=device, compile=compile,
@@ -144,19 +154,38 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
         d["seeds"] = list(seeds)
     if scales is not None:
         d["scales"] = list(scales)
-    d.update(out_dir=str(out), name=name, jobs=jobs, resume=resume, overwrite=overwrite,
-             keep_runs=keep_runs)
+    d.update(out_dir=str(out), name=f"{name}-select" if stage == "select" else name, jobs=jobs,
+             resume=resume, overwrite=overwrite, keep_runs=keep_runs)
     return CompareConfig.from_dict(d)
 
 
 def run_part(name: str, *, out: Path, say=print, **overrides):
-    """Run part ``name`` (see :func:`part_config` for ``overrides``) into ``<out>/<name>/``;
-    return its :class:`~htaf.results.CompareResult`."""
+    """Run part ``name`` (see :func:`part_config` for ``overrides``) into ``<out>/<name>/``,
+    after its selection stage (``<out>/<name>-select/``) if it has one; return its
+    :class:`~htaf.results.CompareResult`."""
     from .compare import compare
 
-    result = compare(part_config(name, out=out, **overrides), progress=say)
+    act_params = None
+    if PARTS[name].select is not None:
+        chosen = compare(part_config(name, out=out, stage="select", **overrides), progress=say)
+        act_params = selected_params(chosen)
+        say(f"[{name}] chosen on validation: " + "; ".join(
+            f"{a} {json.dumps(p)}" for a, p in act_params.items()))
+    result = compare(part_config(name, out=out, act_params=act_params, **overrides),
+                     progress=say)
     say(f"[{name}] wrote {result.out_dir}")
     return result
+
+
+def selected_params(result) -> dict[str, dict]:
+    """Activation → the hyperparameters of its setting selected on validation (a selection
+    stage sweeps one depth, so each activation has one selected row)."""
+    chosen = {}
+    for row in result.selected.values():
+        v = row["variant"]
+        if v.activation is not None:
+            chosen[v.activation] = dict(v.params)
+    return chosen
 
 
 def run_speed(out: Path, *, smoke: bool = False, say=print) -> list[Path]:

@@ -82,11 +82,11 @@ def bnn_vgg_small(*, in_channels: int = 3, image_size: int = 32, num_classes: in
     Each conv is followed by (max-pool and) BatchNorm; the next binary layer takes the sign.
     ``width_mult`` scales every width (e.g. 0.125 for a tiny test model); ``hidden > 0`` adds a
     binary FC layer of that width before the classifier (BinaryNet used two of 1024).
-    ``image_size`` must be a multiple of 8 (three 2×2 pools).
+    ``image_size`` ≥ 8: three 2×2 pools, each rounding down (28 → 14 → 7 → 3).
     """
     _check_common(in_channels, image_size, num_classes, width_mult)
-    if image_size % 8:
-        raise ValueError(f"bnn_vgg_small needs image_size divisible by 8, got {image_size}")
+    if image_size < 8:
+        raise ValueError(f"bnn_vgg_small needs image_size >= 8 (three 2×2 pools), got {image_size}")
     check_int("hidden", hidden, low=0)
     L = _Layers(activation, weight_quantizer, scale, clip, act_params)
     w = [_width(c, width_mult) for c in (128, 128, 256, 256, 512, 512)]

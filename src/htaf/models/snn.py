@@ -200,6 +200,26 @@ def snn_vgg(*, in_channels: int = 3, image_size: int = 32, num_classes: int = 10
     return SpikingNet(stem, nn.Sequential(*layers), head, T, encoding)
 
 
+@register_model("snn_csnn", family="snn")
+def snn_csnn(*, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+             width: int = 32, hidden: int = 256, **kw) -> SpikingNet:
+    """The convolutional spiking net of SpikingJelly's Fashion-MNIST tutorial (CSNN), sized by
+    ``width``: conv(w)–BN–neuron–pool2, conv(2w)–BN–neuron–pool2, Linear(hidden)–BN–neuron,
+    Linear(classes), logits averaged over T. (The tutorial's net has 128 channels in both convs.)
+    Options as :func:`snn_mlp`."""
+    act, T, encoding = _common(kw, "snn_csnn")
+    width = check_int("width", width, low=1)
+    hidden = check_int("hidden", hidden, low=1)
+    size = check_int("image_size", image_size, low=4) // 4
+    stem = nn.Sequential(*_conv_bn(in_channels, width))
+    body = nn.Sequential(
+        act(), SeqToANN(nn.MaxPool2d(2), *_conv_bn(width, 2 * width)), act(),
+        SeqToANN(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * width * size * size, hidden,
+                                                          bias=False), nn.BatchNorm1d(hidden)),
+        act())
+    return SpikingNet(stem, body, SeqToANN(nn.Linear(hidden, num_classes)), T, encoding)
+
+
 class SEWBlock(nn.Module):
     """Spike-element-wise residual block (Fang et al., NeurIPS 2021), ADD connect function:
     out = SN(BN(conv(SN(BN(conv(s)))))) + shortcut(s), shortcut = conv-BN-SN when the shape changes."""
