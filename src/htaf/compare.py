@@ -434,8 +434,9 @@ def compare(config: CompareConfig | None = None,
 
 def _resolve_auto_annealing(config: CompareConfig, dataset) -> CompareConfig:
     """Make ``anneal_gamma="auto"`` concrete for the recipe's model (so γ sweeps know whether
-    they scale a schedule, and the records say what ran)."""
-    if config.recipe.anneal_gamma != "auto":
+    they scale a schedule, and the records say what ran). A comparison of ``models`` only keeps
+    "auto": each run resolves it for its own model."""
+    if config.recipe.anneal_gamma != "auto" or not config.activations:
         return config
     from .engine.recipe import build_model, resolve_anneal_gamma
 

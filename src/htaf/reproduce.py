@@ -64,12 +64,94 @@ class Part:
 _SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
         "schedule": "onecycle", "batch_size": 256}
 _SEEDS = [0, 1, 2]
+FMNIST = {"data": "fashion-mnist", "data_root": "../shared/datasets"}
+#: The Fashion-MNIST recipe (CPU): AdamW one-cycle at the lr the compare-defaults sweep chose on
+#: validation, 3 epochs (sized so every part fits 45 minutes on 2 cores).
+_FM_RECIPE = {**FMNIST, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0,
+              "schedule": "onecycle", "batch_size": 128, "epochs": 3}
+#: The selection stage of the Fashion-MNIST parts: one seed, each surrogate's scale ×½, ×1, ×2
+#: (HTAF's α, β, γ one at a time), chosen on validation before the 3-seed runs.
+_FM_SELECT = {"seeds": [0], "scales": [0.5, 2.0]}
 
 PARTS: dict[str, Part] = {
     "digits": Part(
         "Deep Heaviside MLP on digits: `htaf compare` with no arguments",
         {}, gpu=False,
         baseline_note="the common surrogates at their libraries' default scales"),
+    # ---- evidence behind the defaults (validation only)
+    "compare-defaults": Part(
+        "The recipe of `htaf compare` at depth 16 on Fashion-MNIST: AdamW one-cycle lr sweep",
+        {"recipe": {**FMNIST, "model": "dhn_mlp", "model_kwargs": {"depth": 16, "width": 256},
+                    "epochs": 3, "batch_size": 64, "optimizer": "adamw", "weight_decay": 0.0,
+                    "schedule": "onecycle", "anneal_gamma": None},
+         "activations": ["htaf", "htaf_st", "ste", "atan", "sigmoid", "relu"], "seeds": [0],
+         "grid": {"lr": [1e-3, 3e-3, 1e-2]}},
+        smoke={"depth": 3, "width": 16}, gpu=False,
+        baseline_note="the lr of every activation chosen on validation"),
+    "train-defaults": Part(
+        "The recipe of `htaf train`: every family's default model on digits, optimizer × lr",
+        {"recipe": {"epochs": 10, "batch_size": 128, "schedule": "onecycle",
+                    "weight_decay": 0.0, "anneal_gamma": "auto"},
+         "activations": [], "seeds": [0, 1],
+         "models": [{"model": m, "role": "htaf"} for m in (
+             "dhn_mlp", "dhn_cnn", "bnn_mlp", "snn_mlp", "icbm_cnn")],
+         "grid": {"optimizer": ["sgd", "adamw"], "lr": [1e-3, 3e-3, 1e-2, 5e-2]}},
+        smoke={}, gpu=False,
+        baseline_note="each model at its own best optimizer and lr on validation"),
+    # ---- Fashion-MNIST on the CPU: the evidence suite
+    "fmnist-dhn": Part(
+        "Deep Heaviside MLP on Fashion-MNIST (BatchNorm, width 256), depths 4, 16, 32",
+        {"recipe": {**_FM_RECIPE, "model": "dhn_mlp", "model_kwargs": {"width": 256},
+                    "anneal_gamma": None},
+         "activations": ["htaf", "htaf_st", "ste", "atan", "sigmoid", "relu"], "seeds": _SEEDS,
+         "depths": [4, 16, 32]},
+        select={**_FM_SELECT, "depths": [16]},
+        smoke={"width": 16}, gpu=False,
+        baseline_note="clipped STE, atan (snnTorch's default) and sigmoid (SpikingJelly's), each "
+                      "at its best scale on validation (chosen at depth 16, one seed)"),
+    "fmnist-dhn-cnn": Part(
+        "Small Deep Heaviside CNN on Fashion-MNIST (4 conv layers 16-16-32-32, BatchNorm)",
+        {"recipe": {**_FM_RECIPE, "model": "dhn_cnn",
+                    "model_kwargs": {"depth": 4, "width_mult": 0.125}},
+         "activations": ["htaf", "htaf_st", "ste", "sigmoid", "relu"], "seeds": _SEEDS},
+        select=_FM_SELECT, smoke={"width_mult": 1 / 16}, gpu=False,
+        baseline_note="clipped STE and sigmoid-4 (the strongest CNN baselines of the probes), "
+                      "each at its best scale on validation; smooth HTAF's γ annealed 1 → 30"),
+    "fmnist-snn": Part(
+        "Convolutional spiking net on Fashion-MNIST (SpikingJelly's CSNN, width 8: conv 8-16, "
+        "FC 128; LIF τ=2, hard reset, T=4, direct input)",
+        {"recipe": {**_FM_RECIPE, "model": "snn_csnn",
+                    "model_kwargs": {"width": 8, "hidden": 128, "T": 4}},
+         "activations": ["htaf_st", "sigmoid", "atan", "relu"], "seeds": _SEEDS},
+        select=_FM_SELECT, smoke={"width": 4, "hidden": 16}, gpu=False,
+        baseline_note="SpikingJelly's default (sigmoid-4) and snnTorch's (atan-2), each at its "
+                      "best scale on validation"),
+    "fmnist-bnn": Part(
+        "Binary networks on Fashion-MNIST: binary MLP 256-256 (sign activations and weights, "
+        "real first/last layer)",
+        {"recipe": {**_FM_RECIPE, "model": "bnn_mlp", "model_kwargs": {"hidden": [256, 256]}},
+         "activations": ["htaf_st", "approx_sign", "ste", "swish_sign", "relu"],
+         "seeds": _SEEDS,
+         "models": [{"label": f"binary CNN, {a}", "model": "bnn_vgg_small",
+                     "model_kwargs": {"width_mult": 0.0625, "activation": a},
+                     "role": "htaf" if a == "htaf_st" else "ceiling" if a == "relu" else
+                     "baseline"} for a in ("htaf_st", "approx_sign", "ste", "relu")]},
+        select={**_FM_SELECT, "models": []}, smoke={"hidden": [16]}, gpu=False,
+        baseline_note="Larq's ste_sign, Bi-Real's approx_sign and BNN+'s swish_sign, each at its "
+                      "best scale on validation (the binary CNN at the libraries' defaults)"),
+    "fmnist-icbm": Part(
+        "ICBM on Fashion-MNIST: small CNN backbone (16-32-64) with 32 binary concepts vs the "
+        "same backbone with a linear head",
+        {"recipe": {**_FM_RECIPE, "model": "icbm_cnn", "epochs": 5},
+         "activations": [], "seeds": _SEEDS, "keep_runs": True,
+         "models": [{"label": "ICBM, HTAF concepts", "model": "icbm_cnn",
+                     "model_kwargs": {"width": 16, "num_concepts": 32}, "role": "htaf"},
+                    {"label": "standard CNN", "model": "std_cnn",
+                     "model_kwargs": {"width": 16}, "role": "ceiling"}],
+         "grid": {"anneal_gamma": [None, [1.0, 30.0]]}},
+        smoke={}, gpu=False,
+        baseline_note="the same backbone with a linear head on continuous features; γ fixed or "
+                      "annealed 1 → 30, chosen on validation"),
     "dhn": Part(
         "Deep Heaviside CNN (6 conv layers, every hidden activation 1[x ≥ 0])",
         {"recipe": {"model": "dhn_cnn", "data": CIFAR, "epochs": 15, **_SGD,
@@ -150,6 +232,8 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
     for key, value in (("data", data), ("epochs", epochs)):
         if value is not None:
             recipe[key] = value
+    if recipe.get("data_root") and not Path(recipe["data_root"]).is_dir():
+        recipe["data_root"] = None   # no local copy: torchvision downloads where it can
     if seeds is not None:
         d["seeds"] = list(seeds)
     if scales is not None:
