@@ -202,8 +202,9 @@ class BConv:
             raise ValueError(f"bits must be a bool [O, kh, kw, C] tensor, got {bits.dtype} "
                              f"{tuple(bits.shape)}")
         O, kh, kw, C = bits.shape
-        if kh * kw > 64:
-            raise ValueError(f"kernels of more than 64 taps are not supported, got {kh}x{kw}")
+        if kh * kw > 64 and any(padding):
+            raise ValueError(f"padded kernels of more than 64 taps are not supported, got "
+                             f"{kh}x{kw}")
         if pad_value not in (0, 1, -1):
             raise ValueError(f"pad_value must be 0, 1 or -1, got {pad_value!r}")
         self.O, self.kh, self.kw, self.C = O, kh, kw, C

@@ -180,7 +180,7 @@ typedef struct {
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Gather one output pixel's receptive field into `row` (K words, zero-filled to 4*Kv);
-   return the bit mask of padded taps. */
+   return the bit mask of padded taps (kernels of more than 64 taps have no padding). */
 static inline uint64_t im2col_row(const bconv_t *p, int64_t b, int64_t y, int64_t x,
                                   const uint64_t *padtap, uint64_t *row) {
     const int64_t Cw = p->Cw;
@@ -508,7 +508,7 @@ static void conv_part(void *ctx, int part) {
 
 /* Returns 0 on success, 1 on bad arguments, 2 when out of memory. */
 int htaf_bconv(const bconv_t *p) {
-    if (p->kh * p->kw > 64 || p->pool < 1 || p->mode < 0 || p->mode > 2 || p->O8 * 8 < p->O
+    if ((p->kh * p->kw > 64 && (p->ph || p->pw)) || p->pool < 1 || p->mode < 0 || p->mode > 2 || p->O8 * 8 < p->O
         || p->K != p->kh * p->kw * p->Cw || 4 * p->Kv < p->K || !htaf_isa_supported(p->isa)
         || (p->isa == ISA_AVX2 && !p->wsplit) || (p->isa != ISA_AVX2 && !p->wpanel)
         || (p->zero_pad && !p->wsum) || (p->mode == 1 && (!p->thr || !p->flip)))
