@@ -317,3 +317,23 @@ def test_native_library_state_can_be_reset_to_unavailable(monkeypatch):
     x = torch.randn(5, 30)
     packed = pack_model(model)
     assert packed.fused_plan(x) is None and torch.equal(packed(x), hard_model(model)(x))
+
+
+@needs_c
+def test_a_used_packed_model_can_be_copied_and_pickled():
+    """The bound kernel arguments hold raw pointers; copies bind afresh to their own tensors."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = create_model("bnn_vgg_small", in_channels=3, image_size=16, width_mult=1 / 8)
+    packed = pack_model(model)
+    x = torch.randn(2, 3, 16, 16)
+    expected = packed(x)                       # builds the plan and its bound arguments
+    twin = copy.deepcopy(packed)
+    del packed
+    assert torch.equal(twin(x), expected)
+    buf = io.BytesIO()
+    torch.save(twin, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), expected)

@@ -99,6 +99,21 @@ class _Stage:
         self.flat_input = flat_input   # bits of a [C, h, w] map flattened into a linear layer
         self.out_channels = layer.out_channels if self.is_conv else layer.out_features
 
+    def _bound(self, conv: _native.BConv):
+        """``conv`` with this stage's epilogue, bound once (rebound if the layer's α or bias
+        tensors were replaced)."""
+        layer = self.layer
+        key = (conv, layer.alpha, layer.bias)
+        cached = getattr(self, "_cache", None)
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            if self.fold is not None:
+                bound = conv.bind(mode=_native.MODE_BITS, pool=self.pool, thr=self.fold[0],
+                                  flip=self.fold[1])
+            else:
+                bound = conv.bind(pool=self.pool, alpha=layer.alpha, bias=layer.bias)
+            self._cache = cached = (key, bound)
+        return cached[1]
+
     def __call__(self, x):
         layer = self.layer
         if self.is_conv:
@@ -116,11 +131,9 @@ class _Stage:
         else:
             lead = x.shape[:-1]
             bits, conv = _native.pack_nchw(x.reshape(-1, layer.in_features)), layer.native_conv()
+        y = self._bound(conv)(bits)
         if self.fold is not None:
-            words = conv(bits, mode=_native.MODE_BITS, pool=self.pool, thr=self.fold[0],
-                         flip=self.fold[1])
-            return _Bits(words, self.out_channels)
-        y = conv(bits, pool=self.pool, alpha=layer.alpha, bias=layer.bias)
+            return _Bits(y, self.out_channels)
         if self.is_conv:
             return y
         return y.view(*lead, -1) if not isinstance(x, _Bits) else y.view(len(y), -1)

@@ -37,8 +37,10 @@ ISAS = ("generic", "popcnt", "avx2")
 MODE_FLOAT, MODE_BITS, MODE_INT = 0, 1, 2
 _LIB_NAME = "htaf_bconv"
 _SOURCE_PATH = Path(__file__).with_name("csrc") / "bconv.c"
-# -ffp-contract=off: the float epilogue rounds after · α and after + b, like PyTorch's two ops
+# -ffp-contract=off: the float epilogue rounds after · α and after + b, like PyTorch's two ops.
+# -fopenmp: share PyTorch's OpenMP threads (see csrc/bconv.c); without it, a pthread pool.
 _FLAGS = ("-ffp-contract=off", "-pthread")
+_OPENMP = ("-fopenmp",)
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -61,9 +63,16 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if not _tried:
             _tried = True
-            lib = load_library(_LIB_NAME, _SOURCE_PATH.read_text(), extra_flags=_FLAGS,
-                               libraries=("pthread",), march_native=False)
+            source = _SOURCE_PATH.read_text()
+            lib = None
+            if os.environ.get("HTAF_NO_OPENMP", "").strip() in ("", "0"):
+                lib = load_library(_LIB_NAME + "_omp", source, extra_flags=_FLAGS + _OPENMP,
+                                   libraries=("pthread",), march_native=False)
+            if lib is None:
+                lib = load_library(_LIB_NAME, source, extra_flags=_FLAGS, libraries=("pthread",),
+                                   march_native=False)
             if lib is not None:
+                lib.htaf_threading.restype = ctypes.c_int
                 lib.htaf_isa_supported.argtypes = [_i64]
                 lib.htaf_isa_supported.restype = ctypes.c_int
                 lib.htaf_best_isa.restype = ctypes.c_int
@@ -136,7 +145,8 @@ def describe() -> str:
     names = {"avx2": "AVX2 nibble-lookup popcount", "popcnt": "scalar 64-bit popcnt",
              "generic": "portable C popcount"}
     n = torch.get_num_threads()
-    return f"C kernel, {names[isa()]}, {n} thread{'s' if n != 1 else ''}"
+    pool = "OpenMP" if _load().htaf_threading() else "pthreads"
+    return f"C kernel, {names[isa()]}, {n} thread{'s' if n != 1 else ''} ({pool})"
 
 
 def _threads(nthreads: int | None) -> int:
@@ -247,55 +257,84 @@ class BConv:
         * ``MODE_BITS`` — int64 ``[B, H', W', ⌈O/64⌉]``: bit o = ``(dot >= thr[o]) ⊕ flip[o]``
           (``thr``, ``flip`` int32 ``[O8·8]``, padding channels thr = 2³¹−1, flip = 0);
         * ``MODE_INT`` — int32 ``[B, H', W', O]``: the exact dot products.
+
+        :meth:`bind` does the argument work once for repeated calls.
         """
-        lib = _require()
-        if (x.dtype != torch.int64 or x.dim() != 4 or x.shape[3] != self.Cw
-                or x.device.type != "cpu"):
-            raise ValueError(f"x must be packed CPU pixels int64 [B, H, W, {self.Cw}], got "
-                             f"{x.dtype} {tuple(x.shape)}")
-        x = x.contiguous()
-        B, H, W, _ = x.shape
-        HO, WO = self.out_size(H, W)
-        if HO < 1 or WO < 1:
-            raise ValueError(f"input {H}x{W} is smaller than the kernel")
-        PH, PW = HO // pool, WO // pool
-        name = isa()
-        keep = [x]  # everything the C code reads stays referenced until it returns
-        a = _Args(x=x.data_ptr(), B=B, H=H, W=W, C=self.C, Cw=self.Cw, kh=self.kh, kw=self.kw,
-                  sh=self.stride[0], sw=self.stride[1], ph=self.padding[0], pw=self.padding[1],
-                  dh=self.dilation[0], dw=self.dilation[1], pad_ones=int(self.pad_value > 0),
-                  zero_pad=int(self.pad_value == 0 and any(self.padding)), O=self.O, O8=self.O8,
-                  K=self.K, Kv=self.Kv, wpanel=self.wpanel.ctypes.data,
-                  wsplit=self.wsplit.ctypes.data, wsum=self.wsum.ctypes.data,
-                  n=self.kh * self.kw * self.C, pool=pool, mode=mode,
-                  nthreads=_threads(nthreads), isa=ISAS.index(name))
+        return self.bind(mode=mode, pool=pool, alpha=alpha, bias=bias, thr=thr,
+                         flip=flip)(x, nthreads)
+
+    def bind(self, *, mode: int = MODE_FLOAT, pool: int = 1, alpha: torch.Tensor | None = None,
+             bias: torch.Tensor | None = None, thr: np.ndarray | None = None,
+             flip: np.ndarray | None = None) -> _Bound:
+        """This convolution with its epilogue fixed: a callable ``(x, nthreads=None)``."""
+        return _Bound(self, mode, pool, alpha, bias, thr, flip)
+
+
+class _Bound:
+    """A :class:`BConv` with its epilogue arguments checked and laid out once; each call fills
+    in the input, output and thread count (a few microseconds of Python)."""
+
+    def __init__(self, conv: BConv, mode, pool, alpha, bias, thr, flip):
+        if mode not in (MODE_FLOAT, MODE_BITS, MODE_INT):
+            raise ValueError(f"unknown mode {mode!r}")
+        if not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool must be a positive int, got {pool!r}")
+        self.conv, self.mode, self.pool = conv, mode, pool
+        self.spec = (alpha, bias, thr, flip)
+        c = conv
+        self.keep: list = []   # everything the C code reads stays referenced
+        self.args = _Args(B=0, H=0, W=0, C=c.C, Cw=c.Cw, kh=c.kh, kw=c.kw,
+                          sh=c.stride[0], sw=c.stride[1], ph=c.padding[0], pw=c.padding[1],
+                          dh=c.dilation[0], dw=c.dilation[1], pad_ones=int(c.pad_value > 0),
+                          zero_pad=int(c.pad_value == 0 and any(c.padding)), O=c.O, O8=c.O8,
+                          K=c.K, Kv=c.Kv, wpanel=c.wpanel.ctypes.data,
+                          wsplit=c.wsplit.ctypes.data, wsum=c.wsum.ctypes.data,
+                          n=c.kh * c.kw * c.C, pool=pool, mode=mode)
         if mode == MODE_FLOAT:
-            out = torch.empty(B, self.O, PH, PW)
             for field, t in (("alpha", alpha), ("bias", bias)):
                 if t is not None:
                     t = t.detach().to(torch.float32).contiguous()
-                    if t.numel() != self.O:
-                        raise ValueError(f"{field} must have {self.O} elements")
-                    keep.append(t)
-                    setattr(a, field, t.data_ptr())
+                    if t.numel() != c.O or t.device.type != "cpu":
+                        raise ValueError(f"{field} must be a CPU tensor of {c.O} elements")
+                    self.keep.append(t)
+                    setattr(self.args, field, t.data_ptr())
         elif mode == MODE_BITS:
-            if thr is None or flip is None or len(thr) != self.O8 * 8 or len(flip) != len(thr):
-                raise ValueError(f"thr and flip must be int32 arrays of {self.O8 * 8}")
+            if thr is None or flip is None or len(thr) != c.O8 * 8 or len(flip) != len(thr):
+                raise ValueError(f"thr and flip must be int32 arrays of {c.O8 * 8}")
             thr, flip = np.ascontiguousarray(thr, np.int32), np.ascontiguousarray(flip, np.int32)
-            keep += [thr, flip]
-            a.thr, a.flip = thr.ctypes.data, flip.ctypes.data
-            words = -(-self.O // 64)
-            a.out_bytes = 8 * words
-            # the kernel writes the first O8 bytes of each pixel; the rest stay zero
-            make = torch.empty if self.O8 == 8 * words else torch.zeros
-            out = make(B, PH, PW, words, dtype=torch.int64)
-        elif mode == MODE_INT:
-            out = torch.empty(B, PH, PW, self.O, dtype=torch.int32)
+            self.keep += [thr, flip]
+            self.args.thr, self.args.flip = thr.ctypes.data, flip.ctypes.data
+            self.words = -(-c.O // 64)
+            self.args.out_bytes = 8 * self.words
+            # the kernel writes the first O8 bytes of each pixel; the rest must be zero
+            self.make = torch.empty if c.O8 == 8 * self.words else torch.zeros
+
+    def __reduce__(self):
+        # the ctypes arguments hold raw pointers: a copy (deepcopy, pickle) binds afresh
+        return _Bound, (self.conv, self.mode, self.pool, *self.spec)
+
+    def __call__(self, x: torch.Tensor, nthreads: int | None = None) -> torch.Tensor:
+        c, a = self.conv, self.args
+        if (x.dtype != torch.int64 or x.dim() != 4 or x.shape[3] != c.Cw
+                or x.device.type != "cpu"):
+            raise ValueError(f"x must be packed CPU pixels int64 [B, H, W, {c.Cw}], got "
+                             f"{x.dtype} {tuple(x.shape)}")
+        x = x.contiguous()
+        B, H, W, _ = x.shape
+        HO, WO = c.out_size(H, W)
+        if HO < 1 or WO < 1:
+            raise ValueError(f"input {H}x{W} is smaller than the kernel")
+        PH, PW = HO // self.pool, WO // self.pool
+        if self.mode == MODE_FLOAT:
+            out = torch.empty(B, c.O, PH, PW)
+        elif self.mode == MODE_BITS:
+            out = self.make(B, PH, PW, self.words, dtype=torch.int64)
         else:
-            raise ValueError(f"unknown mode {mode!r}")
-        a.out = out.data_ptr()
-        rc = lib.htaf_bconv(ctypes.byref(a))
-        del keep
+            out = torch.empty(B, PH, PW, c.O, dtype=torch.int32)
+        a = _Args.from_buffer_copy(a)   # a private copy: calls may come from several threads
+        a.x, a.B, a.H, a.W, a.out = x.data_ptr(), B, H, W, out.data_ptr()
+        a.nthreads, a.isa = _threads(nthreads), ISAS.index(isa())
+        rc = _require().htaf_bconv(ctypes.byref(a))
         if rc == 2:
             raise MemoryError("htaf_bconv: out of memory for its scratch buffers")
         if rc != 0:

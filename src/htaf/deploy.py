@@ -168,6 +168,17 @@ def _finish(y: torch.Tensor, alpha, bias, channel_dim: int) -> torch.Tensor:
     return y
 
 
+def _float_epilogue(layer, conv: _native.BConv):
+    """``conv`` bound to write ``dot · α + b`` with ``layer``'s α and bias (cached on the layer,
+    rebound when those tensors are replaced)."""
+    key = (conv, layer.alpha, layer.bias)
+    cached = layer.__dict__.get("_bound_float")
+    if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+        cached = (key, conv.bind(alpha=layer.alpha, bias=layer.bias))
+        layer.__dict__["_bound_float"] = cached
+    return cached[1]
+
+
 class _PackedBase(nn.Module):
     def _store(self, layer: BinaryLayer, weight_bits: torch.Tensor) -> None:
         self.binary_input = layer.binary_input
@@ -217,7 +228,7 @@ class PackedLinear(_PackedBase):
         lead = x.shape[:-1]
         if _resolve_backend(self.backend, x.device) == "c" and x.dtype == torch.float32:
             bits = _native.pack_nchw(x.reshape(-1, self.in_features))  # [N, 1, 1, Cw]
-            y = self.native_conv()(bits, alpha=self.alpha, bias=self.bias)  # [N, O, 1, 1]
+            y = _float_epilogue(self, self.native_conv())(bits)       # [N, O, 1, 1]
             return y.reshape(*lead, self.out_features)
         a = pack_bits(x.reshape(-1, self.in_features) >= 0, self.word_bits)
         mism = packed_mismatches(a, self.weight_bits, self.backend)  # a fresh tensor
@@ -303,7 +314,7 @@ class PackedConv2d(_PackedBase):
             return _finish(y, self.alpha, self.bias, 1)
         if self.native_ok(x):
             # one C call packs sign(x), another convolves and writes dot · α + b as NCHW float32
-            return self.native_conv()(self.native_input(x), alpha=self.alpha, bias=self.bias)
+            return _float_epilogue(self, self.native_conv())(self.native_input(x))
         bits = x >= 0  # [B, C, H, W]
         if ph or pw:
             if self.padding_mode != "zeros":

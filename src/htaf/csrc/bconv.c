@@ -63,8 +63,27 @@ int htaf_best_isa(void) {
 }
 
 /* ------------------------------------------------------------------------------------------
-   A small persistent thread pool: the caller runs part 0, workers 1..n-1 run the others. */
+   Threads. Built with -fopenmp (the default), parallel parts run on OpenMP threads: loaded
+   into a PyTorch process, `libgomp.so.1` resolves to the copy PyTorch already loaded, so the
+   kernel and PyTorch share one pool of threads. (A second pool fights PyTorch's threads, which
+   spin for a while after each of its parallel regions: on 2 cores that cost 5x.) Without
+   OpenMP, a small persistent pthread pool: the caller runs part 0, workers the others. */
 typedef void (*task_fn)(void *ctx, int part);
+
+#ifdef _OPENMP
+#include <omp.h>
+
+static void pool_run(int parts, task_fn fn, void *ctx) {
+    if (parts <= 1) { fn(ctx, 0); return; }
+#pragma omp parallel num_threads(parts)
+    {
+        const int n = omp_get_num_threads();
+        for (int i = omp_get_thread_num(); i < parts; i += n) fn(ctx, i);
+    }
+}
+
+int htaf_threading(void) { return 1; }  /* 1: OpenMP, 0: pthread pool */
+#else
 #define MAX_WORKERS 255
 
 static struct {
@@ -147,6 +166,9 @@ static void pool_run(int parts, task_fn fn, void *ctx) {
     pthread_mutex_unlock(&pool.mu);
     pthread_mutex_unlock(&pool_busy);
 }
+
+int htaf_threading(void) { return 0; }
+#endif
 
 /* ------------------------------------------------------------------------------------------
    The convolution's arguments (mirrored by a ctypes.Structure in htaf/_native.py). */
