@@ -322,37 +322,41 @@ __attribute__((target("avx2"))) static inline __m256i reduce8(__m256i c0, __m256
                             _mm256_permute2x128_si256(t0, t1, 0x31));
 }
 
-/* a: [Kv][lo 32 B, hi 32 B] nibbles of the row; w: [Kv][8][lo, hi] of 8 channels.
-   Returns the 8 channels' mismatch counts as int32 lanes. Not inlined: inside it only the 8
-   counters, the table and one operand are live, so none of them is spilled to the stack. */
-__attribute__((target("avx2"), noinline)) static __m256i mk_avx2(const uint8_t *a, const uint8_t *w,
-                                                              int64_t Kv) {
+/* Counts of `nrows` im2col rows (each [Kv][lo 32 B, hi 32 B] nibbles, rows 64*Kv bytes apart)
+   against one 8-channel panel w [Kv][8][lo, hi]: cnt[i] = the 8 channels' mismatch counts of
+   row i as int32 lanes. Not inlined, one call a block: inside, only the 8 counters, the table
+   and one operand are live in the hot loop, so none is spilled to the stack. */
+__attribute__((target("avx2"), noinline)) static void mk_avx2(const uint8_t *a, int64_t nrows,
+                                                              const uint8_t *w, int64_t Kv,
+                                                              __m256i *cnt) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    __m256i total = _mm256_setzero_si256();
-    for (int64_t s0 = 0; s0 < Kv; s0 += AVX2_MAX_STEPS) {
-        const int64_t s1 = min64(Kv, s0 + AVX2_MAX_STEPS);
-        __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,
-                c6 = c0, c7 = c0;
-        for (int64_t s = s0; s < s1; ++s) {
-            const __m256i *ws = (const __m256i *)(w + 512 * s);
-            /* low nibbles of the 8 channels, then high ones: one operand live at a time */
-            __m256i v = _mm256_load_si256((const __m256i *)(a + 64 * s));
+    for (int64_t i = 0; i < nrows; ++i, a += 64 * Kv) {
+        __m256i total = _mm256_setzero_si256();
+        for (int64_t s0 = 0; s0 < Kv; s0 += AVX2_MAX_STEPS) {
+            const int64_t s1 = min64(Kv, s0 + AVX2_MAX_STEPS);
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,
+                    c6 = c0, c7 = c0;
+            for (int64_t s = s0; s < s1; ++s) {
+                const __m256i *ws = (const __m256i *)(w + 512 * s);
+                /* low nibbles of the 8 channels, then high ones: one operand live at a time */
+                __m256i v = _mm256_load_si256((const __m256i *)(a + 64 * s));
 /* the empty asm pins each counter to a register: without it GCC reassociates the adds and
    spills counters to the stack */
 #define HTAF_STEP(c, j)                                                                        \
     c = _mm256_add_epi8(c, _mm256_shuffle_epi8(lut, _mm256_xor_si256(v, _mm256_loadu_si256(ws + j)))); \
     __asm__("" : "+x"(c));
-            HTAF_STEP(c0, 0) HTAF_STEP(c1, 2) HTAF_STEP(c2, 4) HTAF_STEP(c3, 6)
-            HTAF_STEP(c4, 8) HTAF_STEP(c5, 10) HTAF_STEP(c6, 12) HTAF_STEP(c7, 14)
-            v = _mm256_load_si256((const __m256i *)(a + 64 * s + 32));
-            HTAF_STEP(c0, 1) HTAF_STEP(c1, 3) HTAF_STEP(c2, 5) HTAF_STEP(c3, 7)
-            HTAF_STEP(c4, 9) HTAF_STEP(c5, 11) HTAF_STEP(c6, 13) HTAF_STEP(c7, 15)
+                HTAF_STEP(c0, 0) HTAF_STEP(c1, 2) HTAF_STEP(c2, 4) HTAF_STEP(c3, 6)
+                HTAF_STEP(c4, 8) HTAF_STEP(c5, 10) HTAF_STEP(c6, 12) HTAF_STEP(c7, 14)
+                v = _mm256_load_si256((const __m256i *)(a + 64 * s + 32));
+                HTAF_STEP(c0, 1) HTAF_STEP(c1, 3) HTAF_STEP(c2, 5) HTAF_STEP(c3, 7)
+                HTAF_STEP(c4, 9) HTAF_STEP(c5, 11) HTAF_STEP(c6, 13) HTAF_STEP(c7, 15)
 #undef HTAF_STEP
+            }
+            total = _mm256_add_epi32(total, reduce8(c0, c1, c2, c3, c4, c5, c6, c7));
         }
-        total = _mm256_add_epi32(total, reduce8(c0, c1, c2, c3, c4, c5, c6, c7));
+        _mm256_store_si256(cnt + i, total);
     }
-    return total;
 }
 
 /* Low and high nibbles of each byte of 4*Kv words, as [Kv][lo 32 B, hi 32 B]. */
@@ -434,11 +438,13 @@ __attribute__((target("avx2,popcnt"))) static void run_task_avx2(conv_job *job, 
             thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
             flip = _mm256_sub_epi32(zero, _mm256_loadu_si256((const __m256i *)(p->flip + o0)));
         }
+        __m256i *cnt = (__m256i *)s->cnt;
+        mk_avx2(s->split, nrows, panel, p->Kv, cnt);
         for (int64_t wi = 0; wi < nw; ++wi) {
             __m256i best = _mm256_set1_epi32(INT32_MIN);
             for (int64_t r = 0; r < P2; ++r) {
                 const int64_t i = wi * P2 + r;
-                const __m256i c = mk_avx2(s->split + i * 64 * p->Kv, panel, p->Kv);
+                const __m256i c = _mm256_load_si256(cnt + i);
                 __m256i d = _mm256_sub_epi32(vn, _mm256_add_epi32(c, c));
                 for (uint64_t m = p->zero_pad ? s->masks[i] : 0; m; m &= m - 1)
                     d = _mm256_add_epi32(d, _mm256_loadu_si256(
@@ -480,10 +486,10 @@ static int scratch_alloc(scratch *s, const bconv_t *p, int64_t rows) {
     const int64_t Kr = 4 * p->Kv;
     if (posix_memalign((void **)&s->rows, 64, (size_t)(rows * Kr + 4) * 8)) return 0;
     if (posix_memalign((void **)&s->split, 64, (size_t)(rows * p->Kv * 64 + 64))) return 0;
+    if (posix_memalign((void **)&s->cnt, 64, (size_t)rows * 8 * 4)) return 0;
     s->masks = malloc((size_t)rows * 8);
-    s->cnt = malloc((size_t)rows * 8 * 4);
     s->padtap = malloc((size_t)(p->Cw + 1) * 8);
-    if (!s->masks || !s->cnt || !s->padtap) return 0;
+    if (!s->masks || !s->padtap) return 0;
     for (int64_t c = 0; c < p->Cw; ++c) {
         const int64_t bits = min64(64, p->C - 64 * c);
         s->padtap[c] = !p->pad_ones ? 0 : bits == 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1);
