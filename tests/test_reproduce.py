@@ -86,3 +86,14 @@ def test_speed_writes_where_the_report_reads_whatever_the_cwd(tmp_path, monkeypa
     assert len(calls) == len(reproduce.SPEED)
     for (args, _), path in zip(calls, written):
         assert Path(args[-1]) == tmp_path / "speed" / path.name
+
+
+def test_speed_rows_read_the_bnn_benchmark_layout():
+    rec = {"sizes": {"packed_state_bytes": 10, "float_state_dict_bytes": 200, "ratio_state": 20.0},
+           "latency_median_ms": [{"threads": 1, "batch": 1, "packed_ms": 2.0,
+                                  "float_pytorch_ms": 16.0, "ort_fp32_ms": 12.0,
+                                  "ort_int8_ms": 8.0}]}
+    rows = dict(reproduce._speed_rows("bench_bnn_infer.json", rec))
+    assert rows["model size: packed vs float"].endswith("(20.0× smaller)")
+    assert rows["CPU latency, batch 1, 1 thread(s), packed"] == (
+        "2.00 ms; float PyTorch 16.00 ms (8.0×), ORT fp32 12.00 ms (6.0×), ORT int8 8.00 ms (4.0×)")

@@ -322,12 +322,17 @@ def _speed_rows(name: str, rec: dict) -> list[tuple[str, str]]:
                         f"{sizes['packed_state_bytes']:,} B vs {sizes['float_state_dict_bytes']:,} B "
                         f"({sizes['ratio_state']:.1f}× smaller)"))
         for r in rec.get("latency_median_ms", []):
-            for backend in ("c", "numpy"):
-                ms = r.get(f"packed_{backend}_ms")
-                if ms:
-                    out.append((f"CPU latency, batch {r['batch']}, packed ({backend})",
-                                f"{ms:.1f} ms vs float {r['float_ceiling_ms']:.1f} ms "
-                                f"({r['float_ceiling_ms'] / ms:.2f}× speed-up)"))
+            ms = r.get("packed_ms", r.get("packed_c_ms"))
+            if not ms:
+                continue
+            where = f"batch {r['batch']}" + (f", {r['threads']} thread(s)" if "threads" in r
+                                             else "")
+            peers = [(name, r.get(key)) for name, key in (
+                ("float PyTorch", "float_pytorch_ms"), ("float", "float_ceiling_ms"),
+                ("ORT fp32", "ort_fp32_ms"), ("ORT int8", "ort_int8_ms"))]
+            out.append((f"CPU latency, {where}, packed",
+                        f"{ms:.2f} ms; " + ", ".join(f"{name} {v:.2f} ms ({v / ms:.1f}×)"
+                                                    for name, v in peers if v)))
     return out
 
 
