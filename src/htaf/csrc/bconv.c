@@ -573,32 +573,67 @@ typedef struct {
     int64_t parts, isa;
 } pack_job;
 
-#define PACK_PIX 16
-static inline __attribute__((always_inline)) void pack_range(const pack_job *j, int64_t part) {
-    const int64_t units = j->B * ((j->HW + PACK_PIX - 1) / PACK_PIX);
+#define PACK_PIX 8
+/* Words of pixels p0 .. p0+np-1 (np <= 8) of image b, channel word cw, in plain C. */
+static inline void pack_words(const pack_job *j, int64_t b, int64_t p0, int64_t np, int64_t cw,
+                              uint64_t *acc) {
+    const int64_t cn = min64(64, j->C - 64 * cw);
+    for (int q = 0; q < PACK_PIX; ++q) acc[q] = 0;
+    for (int64_t c = 0; c < cn; ++c) {
+        const float *src = j->x + (b * j->C + 64 * cw + c) * j->HW + p0;
+        for (int q = 0; q < np; ++q) acc[q] |= (uint64_t)(src[q] >= 0.0f) << c;
+    }
+}
+
+#ifdef HTAF_X86
+/* The same for 8 whole pixels with AVX2: one compare + movemask gives a channel's 8 pixel bits;
+   8 channels' bytes form an 8x8 bit matrix, transposed (three masked swaps) into each pixel's
+   byte of those 8 channels. */
+__attribute__((target("avx2"))) static inline void pack_words8_avx2(const pack_job *j, int64_t b,
+                                                                    int64_t p0, int64_t cw,
+                                                                    uint64_t *acc) {
+    const int64_t cn = min64(64, j->C - 64 * cw);
+    const __m256 zero = _mm256_setzero_ps();
+    for (int q = 0; q < PACK_PIX; ++q) acc[q] = 0;
+    for (int64_t g = 0; g < cn; g += 8) {
+        uint64_t m = 0;
+        for (int64_t c = g; c < min64(cn, g + 8); ++c) {
+            const float *src = j->x + (b * j->C + 64 * cw + c) * j->HW + p0;
+            const __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(src), zero, _CMP_GE_OQ);  /* NaN: 0 */
+            m |= (uint64_t)(unsigned)_mm256_movemask_ps(ge) << (8 * (c - g));
+        }
+        /* byte i = channel g+i, bit q = pixel q  ->  byte q = pixel q, bit i = channel g+i */
+        uint64_t t;
+        t = (m ^ (m >> 7)) & 0x00AA00AA00AA00AAull; m ^= t ^ (t << 7);
+        t = (m ^ (m >> 14)) & 0x0000CCCC0000CCCCull; m ^= t ^ (t << 14);
+        t = (m ^ (m >> 28)) & 0x00000000F0F0F0F0ull; m ^= t ^ (t << 28);
+        for (int q = 0; q < PACK_PIX; ++q) acc[q] |= ((m >> (8 * q)) & 0xFF) << g;
+    }
+}
+#endif
+
+static inline __attribute__((always_inline)) void pack_range(const pack_job *j, int64_t part,
+                                                             int isa) {
+    const int64_t per = (j->HW + PACK_PIX - 1) / PACK_PIX, units = j->B * per;
     const int64_t u0 = units * part / j->parts, u1 = units * (part + 1) / j->parts;
+    uint64_t acc[PACK_PIX];
     for (int64_t u = u0; u < u1; ++u) {
-        const int64_t per = (j->HW + PACK_PIX - 1) / PACK_PIX;
         const int64_t b = u / per, p0 = (u % per) * PACK_PIX, np = min64(PACK_PIX, j->HW - p0);
         for (int64_t cw = 0; cw < j->Cw; ++cw) {
-            uint64_t acc[PACK_PIX] = {0};
-            const int64_t cn = min64(64, j->C - 64 * cw);
-            for (int64_t c = 0; c < cn; ++c) {
-                const float *src = j->x + (b * j->C + 64 * cw + c) * j->HW + p0;
-                if (np == PACK_PIX) {
-                    for (int q = 0; q < PACK_PIX; ++q) acc[q] |= (uint64_t)(src[q] >= 0.0f) << c;
-                } else {
-                    for (int q = 0; q < np; ++q) acc[q] |= (uint64_t)(src[q] >= 0.0f) << c;
-                }
-            }
+#ifdef HTAF_X86
+            if (isa == ISA_AVX2 && np == PACK_PIX) pack_words8_avx2(j, b, p0, cw, acc);
+            else
+#endif
+                pack_words(j, b, p0, np, cw, acc);
             for (int q = 0; q < np; ++q) j->out[(b * j->HW + p0 + q) * j->Cw + cw] = acc[q];
         }
     }
+    (void)isa;
 }
-static void pack_generic(const pack_job *j, int64_t part) { pack_range(j, part); }
+static void pack_generic(const pack_job *j, int64_t part) { pack_range(j, part, ISA_GENERIC); }
 #ifdef HTAF_X86
 __attribute__((target("avx2"))) static void pack_avx2(const pack_job *j, int64_t part) {
-    pack_range(j, part);
+    pack_range(j, part, ISA_AVX2);
 }
 #endif
 static void pack_part(void *ctx, int part) {
