@@ -221,6 +221,58 @@ def test_fold_threshold_is_the_step_of_the_float_decision():
     assert _fused.fold_threshold(torch.ones(2), None, Wavy(2).eval(), 9, 2) is None
 
 
+def _odd_bn(bn: nn.Module, g: torch.Generator) -> nn.Module:
+    """Negative, zero, tiny and huge scales, means on representable values."""
+    C = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(C, generator=g) * 3)
+        bn.running_var.copy_(torch.rand(C, generator=g) * 5 + 1e-6)
+        bn.weight.copy_(torch.randn(C, generator=g))
+        bn.weight[:4] = torch.tensor([0.0, -0.0, 1e-38, -3e38])[: min(4, C)]
+        bn.bias.copy_(torch.randn(C, generator=g) * 0.5)
+        bn.bias[4:6] = 0.0
+    return bn.eval()
+
+
+def test_fold_bounds_reproduce_the_float_decision_everywhere():
+    g = torch.Generator().manual_seed(5)
+    for bn in (nn.BatchNorm2d(24), nn.BatchNorm1d(24)):
+        _odd_bn(bn, g)
+        lo, hi = _fused.fold_bounds(bn, 24)
+        lo, hi = torch.from_numpy(lo).view(-1, 1), torch.from_numpy(hi).view(-1, 1)
+        y = torch.cat([torch.randn(24, 2000, generator=g) * 10 ** torch.randint(
+            -30, 30, (24, 2000), generator=g).float(), lo.expand(-1, 3).nextafter(
+            torch.tensor(-np.inf)), hi.expand(-1, 3).nextafter(torch.tensor(np.inf)),
+            torch.tensor([0.0, -0.0, np.inf, -np.inf, np.nan]).expand(24, -1)], 1)
+        y = y.nan_to_num(nan=0.0, posinf=np.inf, neginf=-np.inf)
+        y[:, -1] = np.nan
+        assert torch.equal(_fused._decisions(bn, y), (y >= lo) & (y <= hi))
+
+
+@needs_c
+@pytest.mark.parametrize("isa", ISAS)
+def test_first_batchnorm_packed_as_bounds_equals_hard_model(isa):
+    """A float BatchNorm feeding a binary conv becomes bounds in the packing; inputs sit on the
+    bounds and one float either side of them."""
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    model = nn.Sequential(_odd_bn(nn.BatchNorm2d(70), g), BinaryConv2d(70, 9, 3, padding=1))
+    packed = pack_model(model)
+    x = torch.randn(4, 70, 6, 5, generator=g)
+    plan = packed.fused_plan(x)
+    assert plan.describe().startswith("BatchNorm2d→bits"), plan.describe()
+    lo, hi = (torch.from_numpy(b).view(1, -1, 1, 1) for b in plan.steps[0].bounds)
+    edges = torch.stack([lo, hi], 0).expand(2, 4, 70, 6, 5)
+    pick = torch.randint(0, 2, x.shape, generator=g).bool()
+    on_edge = torch.where(pick, edges[0], edges[1])
+    step = torch.randint(-1, 2, x.shape, generator=g)
+    x = torch.where(torch.isfinite(on_edge), on_edge, x)
+    x = torch.where(step > 0, x.nextafter(torch.tensor(np.inf)),
+                    torch.where(step < 0, x.nextafter(torch.tensor(-np.inf)), x))
+    with _native.using_isa(isa):
+        assert torch.equal(packed(x), hard_model(model)(x))
+
+
 @needs_c
 def test_plan_keeps_unfoldable_layers_in_float():
     """A consumer with reflect padding cannot take packed bits; a BN in training mode cannot be

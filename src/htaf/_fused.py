@@ -17,8 +17,15 @@ call that writes the *packed sign bits* of the next layer's input directly:
   off the result. A layer is fused only if both layouts agree and every channel's decisions
   are monotone; otherwise it falls back to float output and the BatchNorm runs as usual.
 
-What is left in PyTorch (the real first conv and its BatchNorm, the real classifier) runs as
-in the hard model, so the packed model's logits equal the hard model's bit for bit.
+* **BatchNorm + sign of a float input as bounds.** The first binary layer's input is a
+  BatchNorm of real values (the real first conv's output). ``[BN(y) ≥ 0]`` is monotone in the
+  float ``y`` too, so it is ``lo ≤ y ≤ hi`` for per-channel floats found by bisection over the
+  ordered float line, again with PyTorch's own BatchNorm deciding each probe; the rule is then
+  checked at the bounds, their neighbours, ±0, ±inf and the extremes, and the BatchNorm is
+  packed straight into bits (no float output) only if it holds.
+
+What is left in PyTorch (the real first conv, the real classifier) runs as in the hard model,
+so the packed model's logits equal the hard model's bit for bit.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["build_plan", "fold_threshold", "Plan"]
+__all__ = ["build_plan", "fold_threshold", "fold_bounds", "Plan"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -75,6 +82,91 @@ def fold_threshold(alpha: torch.Tensor | None, bias: torch.Tensor | None, bn: nn
             thr[c] = torch.nonzero(~row)[0, 0].item() - n
             flip[c] = 1
     return thr, flip
+
+
+def _decisions(bn: nn.Module, y: torch.Tensor) -> torch.Tensor | None:
+    """``bn(y) >= 0`` for float32 ``y [C, L]`` (channel c of every column through ``bn``), in
+    the two layouts that take PyTorch's two BatchNorm kernels; None if they disagree."""
+    C, L = y.shape
+    y = y.contiguous()
+    if isinstance(bn, nn.BatchNorm2d):
+        layouts = (y.view(1, C, 1, L), y.t().contiguous().view(L, C, 1, 1))
+    else:
+        layouts = (y.view(1, C, L), y.t().contiguous())
+    with torch.no_grad():
+        a, b = (bn(t) >= 0 for t in layouts)
+    a = a.reshape(C, L)
+    return a if torch.equal(a, b.reshape(L, C).t()) else None
+
+
+def _key_to_float(k: torch.Tensor) -> torch.Tensor:
+    """Inverse of the order-preserving map float32 bits → int (negative floats reversed)."""
+    k = k.to(torch.int32)
+    return (k ^ ((k >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _float_to_key(f: torch.Tensor) -> torch.Tensor:
+    b = f.to(torch.float32).contiguous().view(torch.int32)
+    return (b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64)
+
+
+def fold_bounds(bn: nn.Module, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel float32 ``(lo, hi)`` with ``[BN(y) ≥ 0] = (lo ≤ y ≤ hi)`` for every float32
+    ``y`` (NaN: false), as PyTorch computes the left side; None if no such bounds reproduce it
+    on the checked values (or the two BatchNorm kernels disagree)."""
+    inf = torch.tensor(float("inf"))
+    ends = _decisions(bn, torch.tensor([-inf, inf]).expand(channels, 2))
+    if ends is None:
+        return None
+    lo = torch.full((channels,), float("nan"))
+    hi = torch.full((channels,), float("nan"))
+    up, down = ends[:, 1] & ~ends[:, 0], ends[:, 0] & ~ends[:, 1]
+    # bisection over float keys: s(a) = False, s(b) = True (up) or the reverse (down)
+    a = torch.full((channels,), int(_float_to_key(-inf)), dtype=torch.int64)
+    b = torch.full((channels,), int(_float_to_key(inf)), dtype=torch.int64)
+    while bool(((b - a) > 1).any()):
+        mid = a + (b - a) // 2
+        s = _decisions(bn, _key_to_float(mid).view(channels, 1))
+        if s is None:
+            return None
+        right = s[:, 0] == up          # mid is on b's side
+        b = torch.where(right, mid, b)
+        a = torch.where(right, a, mid)
+    lo = torch.where(up, _key_to_float(b), lo)
+    hi = torch.where(up, inf, hi)
+    lo = torch.where(down, -inf, lo)
+    hi = torch.where(down, _key_to_float(a), hi)
+    # neither end true: a constant decision on finite inputs (zero BatchNorm scale)
+    flat = ~up & ~down
+    zero = _decisions(bn, torch.zeros(channels, 1))
+    if zero is None:
+        return None
+    big = torch.tensor(torch.finfo(torch.float32).max)
+    lo = torch.where(flat & zero[:, 0], -big, lo)
+    hi = torch.where(flat & zero[:, 0], big, hi)
+    lo = torch.where(ends[:, 0] & ends[:, 1], -inf, lo)   # true at both ends: all but NaN
+    hi = torch.where(ends[:, 0] & ends[:, 1], inf, hi)
+    # check the rule where it could break: at and next to the bounds, ±0, the extremes
+    probes = [lo, hi, torch.nextafter(lo, -inf), torch.nextafter(lo, inf),
+              torch.nextafter(hi, -inf), torch.nextafter(hi, inf)]
+    fixed = torch.tensor([-inf, inf, -big, big, 0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0,
+                          float("nan")])
+    y = torch.cat([torch.stack(probes, 1).nan_to_num(0.0), fixed.expand(channels, -1)], 1)
+    s = _decisions(bn, y)
+    if s is None or not torch.equal(s, (y >= lo.view(-1, 1)) & (y <= hi.view(-1, 1))):
+        return None
+    return lo.numpy().astype(np.float32), hi.numpy().astype(np.float32)
+
+
+class _PackIn:
+    """A BatchNorm whose output feeds only a binary layer's sign, done as bounds while packing
+    the float input (see :func:`fold_bounds`)."""
+
+    def __init__(self, bn: nn.Module, bounds: tuple[np.ndarray, np.ndarray]):
+        self.bn, self.bounds = bn, bounds
+
+    def __call__(self, x: torch.Tensor) -> _Bits:
+        return _Bits(_native.pack_nchw(x, bounds=self.bounds), x.shape[1])
 
 
 class _Bits:
@@ -159,7 +251,9 @@ class Plan:
     def describe(self) -> str:
         names = []
         for s in self.steps:
-            if isinstance(s, _Stage):
+            if isinstance(s, _PackIn):
+                names.append(f"{type(s.bn).__name__}→bits")
+            elif isinstance(s, _Stage):
                 kind = type(s.layer).__name__.removeprefix("Packed")
                 extra = (f"+maxpool{s.pool}" if s.pool > 1 else "") + (
                     "+bn→bits" if s.fold is not None else "→float")
@@ -216,7 +310,14 @@ def build_plan(module: nn.Module) -> Plan | None:
     while i < len(mods):
         m = mods[i]
         if not _binary(m):
-            steps.append(m)
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            bounds = None
+            if nxt is not None and _accepts_bits(nxt) and isinstance(m, nn.BatchNorm2d if (
+                    isinstance(nxt, PackedConv2d)) else nn.BatchNorm1d):
+                channels = nxt.in_channels if isinstance(nxt, PackedConv2d) else nxt.in_features
+                if _foldable_bn(m, channels):
+                    bounds = fold_bounds(m, channels)
+            steps.append(m if bounds is None else _PackIn(m, bounds))
             i += 1
             continue
         is_conv = isinstance(m, PackedConv2d)

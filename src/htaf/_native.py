@@ -78,7 +78,8 @@ def _load() -> ctypes.CDLL | None:
                 lib.htaf_best_isa.restype = ctypes.c_int
                 lib.htaf_bconv.argtypes = [ctypes.POINTER(_Args)]
                 lib.htaf_bconv.restype = ctypes.c_int
-                lib.htaf_pack_nchw.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _i64, _i64]
+                lib.htaf_pack_nchw.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _ptr,
+                                               _ptr]
                 lib.htaf_pack_nchw.restype = None
                 for fn in (lib.htaf_xor_popcount_u64, lib.htaf_xor_popcount_u32):
                     fn.argtypes = [_ptr, _ptr, _i64, _i64, _i64, _ptr, _i64]
@@ -172,9 +173,11 @@ def xor_popcount(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def pack_nchw(x: torch.Tensor, nthreads: int | None = None) -> torch.Tensor:
+def pack_nchw(x: torch.Tensor, nthreads: int | None = None, *,
+              bounds: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
     """``x >= 0`` of a float32 ``[B, C, H, W]`` (or ``[B, C]``) CPU tensor, packed per pixel:
-    int64 ``[B, H, W, ⌈C/64⌉]`` words, channel c at bit c mod 64 of word c // 64 (NaN → 0)."""
+    int64 ``[B, H, W, ⌈C/64⌉]`` words, channel c at bit c mod 64 of word c // 64 (NaN → 0).
+    With ``bounds = (lo, hi)`` (float32 ``[C]``) the bit is ``lo[c] <= x <= hi[c]`` instead."""
     lib = _require()
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() not in (2, 4):
         raise ValueError(f"pack_nchw needs a float32 CPU tensor [B, C, H, W] or [B, C], got "
@@ -182,9 +185,15 @@ def pack_nchw(x: torch.Tensor, nthreads: int | None = None) -> torch.Tensor:
     x4 = x.reshape(*x.shape, 1, 1) if x.dim() == 2 else x
     x4 = x4.contiguous()
     B, C, H, W = x4.shape
+    lo = hi = None
+    if bounds is not None:
+        lo, hi = (np.ascontiguousarray(b, np.float32) for b in bounds)
+        if lo.shape != (C,) or hi.shape != (C,):
+            raise ValueError(f"bounds must be two float32 arrays of {C}")
     out = torch.empty(B, H, W, -(-C // 64), dtype=torch.int64)
     lib.htaf_pack_nchw(x4.data_ptr(), B, C, H * W, out.data_ptr(), _threads(nthreads),
-                       ISAS.index(isa()))
+                       ISAS.index(isa()), None if lo is None else lo.ctypes.data,
+                       None if hi is None else hi.ctypes.data)
     return out
 
 

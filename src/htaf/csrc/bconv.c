@@ -571,6 +571,7 @@ typedef struct {
     int64_t B, C, HW, Cw;
     uint64_t *out;
     int64_t parts, isa;
+    const float *lo, *hi;   /* NULL: bit = x >= 0; else bit = lo[c] <= x <= hi[c] */
 } pack_job;
 
 #define PACK_PIX 8
@@ -581,7 +582,12 @@ static inline void pack_words(const pack_job *j, int64_t b, int64_t p0, int64_t 
     for (int q = 0; q < PACK_PIX; ++q) acc[q] = 0;
     for (int64_t c = 0; c < cn; ++c) {
         const float *src = j->x + (b * j->C + 64 * cw + c) * j->HW + p0;
-        for (int q = 0; q < np; ++q) acc[q] |= (uint64_t)(src[q] >= 0.0f) << c;
+        if (j->lo) {
+            const float lo = j->lo[64 * cw + c], hi = j->hi[64 * cw + c];
+            for (int q = 0; q < np; ++q) acc[q] |= (uint64_t)(src[q] >= lo && src[q] <= hi) << c;
+        } else {
+            for (int q = 0; q < np; ++q) acc[q] |= (uint64_t)(src[q] >= 0.0f) << c;
+        }
     }
 }
 
@@ -599,8 +605,14 @@ __attribute__((target("avx2"))) static inline void pack_words8_avx2(const pack_j
         uint64_t m = 0;
         for (int64_t c = g; c < min64(cn, g + 8); ++c) {
             const float *src = j->x + (b * j->C + 64 * cw + c) * j->HW + p0;
-            const __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(src), zero, _CMP_GE_OQ);  /* NaN: 0 */
-            m |= (uint64_t)(unsigned)_mm256_movemask_ps(ge) << (8 * (c - g));
+            const __m256 v = _mm256_loadu_ps(src);
+            __m256 on;   /* ordered compares: NaN gives 0 */
+            if (j->lo)
+                on = _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(j->lo[64 * cw + c]), _CMP_GE_OQ),
+                                   _mm256_cmp_ps(v, _mm256_set1_ps(j->hi[64 * cw + c]), _CMP_LE_OQ));
+            else
+                on = _mm256_cmp_ps(v, zero, _CMP_GE_OQ);
+            m |= (uint64_t)(unsigned)_mm256_movemask_ps(on) << (8 * (c - g));
         }
         /* byte i = channel g+i, bit q = pixel q  ->  byte q = pixel q, bit i = channel g+i */
         uint64_t t;
@@ -643,9 +655,11 @@ static void pack_part(void *ctx, int part) {
     pack_generic(ctx, part);
 }
 
+/* bit = x >= 0, or, with per-channel bounds, lo[c] <= x <= hi[c] (a BatchNorm + sign folded
+   into the packing: htaf/_fused.py finds the bounds). */
 void htaf_pack_nchw(const float *x, int64_t B, int64_t C, int64_t HW, uint64_t *out,
-                    int64_t nthreads, int64_t isa) {
-    pack_job j = {x, B, C, HW, (C + 63) / 64, out, 1, isa};
+                    int64_t nthreads, int64_t isa, const float *lo, const float *hi) {
+    pack_job j = {x, B, C, HW, (C + 63) / 64, out, 1, isa, lo, hi};
     const int64_t units = B * ((HW + PACK_PIX - 1) / PACK_PIX);
     j.parts = min64(nthreads < 1 ? 1 : nthreads, units > 0 ? units : 1);
     pool_run((int)j.parts, pack_part, &j);
