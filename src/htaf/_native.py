@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 from pathlib import Path
@@ -102,6 +103,11 @@ def _require() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
+def _best(lib: ctypes.CDLL) -> str:
+    return ISAS[lib.htaf_best_isa()]
+
+
 def supported_isas() -> list[str]:
     """The microkernels this CPU can run, portable first (empty without the library)."""
     lib = _load()
@@ -115,7 +121,7 @@ def isa() -> str:
     lib = _require()
     name = _forced or os.environ.get("HTAF_ISA", "").strip().lower() or None
     if name is None:
-        return ISAS[lib.htaf_best_isa()]
+        return _best(lib)
     if name not in ISAS:
         raise ValueError(f"HTAF_ISA must be one of {', '.join(ISAS)}, got {name!r}")
     if not lib.htaf_isa_supported(ISAS.index(name)):

@@ -422,8 +422,12 @@ class PackedModel(nn.Module):
         runs module by module (another backend, dtype or device, or a non-sequential model)."""
         if x is not None and (x.dtype != torch.float32 or x.device.type != "cpu"):
             return None
-        if self.training or any(_resolve_backend(m.backend, torch.device("cpu")) != "c"
-                                for m in self.packed_layers()):
+        if self.training:
+            return None
+        if self._layers is None:
+            self._layers = self.packed_layers()
+        cpu = torch.device("cpu")
+        if any(_resolve_backend(m.backend, cpu) != "c" for m in self._layers):
             return None
         if not self._plan_built:
             self._plan, self._plan_built = _fused.build_plan(self.module), True
@@ -431,7 +435,7 @@ class PackedModel(nn.Module):
 
     def reset_plan(self) -> None:
         """Forget the fused plan (rebuilt at the next forward)."""
-        self._plan, self._plan_built = None, False
+        self._plan, self._plan_built, self._layers = None, False, None
 
     def backend_info(self) -> str:
         """Which kernel runs the binary layers, for users: C (which microkernel, threads) or the
