@@ -22,9 +22,10 @@ Per binary conv layer: our fused stage (conv + pool + BatchNorm + sign + pack) a
 float ``F.conv2d`` of the same shape alone, and the achieved bit-ops/s against the CPU's XOR +
 popcount ceiling (``cpu_probe.py`` measures the clock; the ceiling is derived in docs/bnn.md).
 
-Times are medians of ``--repeats`` calls after a warm-up, the backends interleaved call by call
-so a change of machine load hits them alike. Writes ``benchmarks/results/bench_bnn_infer.json``;
-``--docs`` rewrites the marked tables in docs/bnn.md and README.md from it.
+Times are medians of ``--repeats`` calls per backend, in three rounds in which the backends take
+turns (each a warm-up and a block of calls, after a pause that lets the previous backend's
+spinning threads go idle). Writes ``benchmarks/results/bench_bnn_infer.json``; ``--docs``
+rewrites the marked tables in docs/bnn.md and README.md from it.
 """
 
 from __future__ import annotations
@@ -118,17 +119,23 @@ def randomize_bn(model: nn.Module) -> None:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
-def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each function, called in turn ``repeats`` times after one warm-up each."""
+def medians(fns: dict, repeats: int, rounds: int = 3) -> dict[str, float]:
+    """Median ms of each function: ``rounds`` passes over the functions, each a warm-up call
+    and then ``repeats / rounds`` timed calls of one function in a row. Backends take turns so
+    a change of machine load hits them alike, but never share a moment: each thread pool
+    (PyTorch's OpenMP threads, ONNX Runtime's) spins for a while after its work, and a pause
+    between blocks lets it go idle before the next backend runs."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    per_round = max(1, -(-repeats // rounds))
     with torch.no_grad():
-        for fn in fns.values():
-            fn()
-        for _ in range(repeats):
+        for _ in range(rounds):
             for k, fn in fns.items():
-                t = time.perf_counter()
+                time.sleep(0.05)
                 fn()
-                times[k].append((time.perf_counter() - t) * 1e3)
+                for _ in range(per_round):
+                    t = time.perf_counter()
+                    fn()
+                    times[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -203,7 +210,7 @@ def layer_rows(packed, x: torch.Tensor, threads: int, repeats: int, hz: float | 
         xf = torch.randn(L["B"], L["C"], L["H"], L["W"], generator=g)
         wf = torch.randn(L["O"], L["C"], *L["k"], generator=g)
         stage, inp = L["stage"], L["input"]
-        t = interleaved_medians({"float": lambda: TF.conv2d(xf, wf, None, 1, 1),
+        t = medians({"float": lambda: TF.conv2d(xf, wf, None, 1, 1),
                                  "packed": lambda: stage(inp)}, repeats)
         ops = L["B"] * L["H"] * L["W"] * L["O"] * L["C"] * L["k"][0] * L["k"][1]
         row = {"layer": f"conv{i + 1}", "shape": f"{L['C']}→{L['O']} {L['H']}×{L['W']}",
@@ -225,7 +232,7 @@ def layer_rows(packed, x: torch.Tensor, threads: int, repeats: int, hz: float | 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--repeats", type=int, nargs="+", default=[30, 5],
+    p.add_argument("--repeats", type=int, nargs="+", default=[30, 6],
                    help="timed calls per batch size (one number, or one per batch size)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--width-mult", type=float, default=1.0)
@@ -299,14 +306,14 @@ def main(argv=None) -> dict:
                     fns["ort_int8_ms"] = lambda: ort_int8(x)
                 row = {"threads": threads, "batch": bs, "repeats": reps,
                        "packed_equals_hard": exact, "ort_int8_top1_agrees_with_float": agree}
-                row.update(interleaved_medians(fns, reps))
-                # the slower references, fewer calls
-                row.update(interleaved_medians({"hard_bnn_float_ms": lambda: hard(x)},
-                                               max(1, reps // 3)))
-                packed.set_backend("numpy")
-                row.update(interleaved_medians({"packed_numpy_ms": lambda: packed(x)},
-                                               max(1, reps // 3)))
-                packed.set_backend("auto")
+                row.update(medians(fns, reps))
+                if threads == args.threads[0]:   # the slower references, once, fewer calls
+                    row.update(medians({"hard_bnn_float_ms": lambda: hard(x)},
+                                       max(1, reps // 5), 1))
+                    packed.set_backend("numpy")  # single-threaded: the no-compiler fallback
+                    row.update(medians({"packed_numpy_ms": lambda: packed(x)},
+                                       max(1, reps // 5), 1))
+                    packed.set_backend("auto")
                 for k in ("float_pytorch_ms", "ort_fp32_ms", "ort_int8_ms"):
                     if k in row:
                         row[f"speedup_vs_{k[:-3]}"] = row[k] / row["packed_ms"]
@@ -335,8 +342,8 @@ def main(argv=None) -> dict:
         "sizes": sizes, "latency_median_ms": rows, "layers": layers,
         "load_average": {"before": load_before, "after": load_average()},
         "note": "shared 2-core VM (other jobs may run beside it: see load_average); medians of "
-                "interleaved calls; per-layer 'packed_ms' includes the fused epilogue, "
-                "'float_conv_ms' is F.conv2d alone",
+                "blocks of calls, backends taking turns; per-layer 'packed_ms' includes the "
+                "fused epilogue, 'float_conv_ms' is F.conv2d alone",
     }
     print_tables(result)
     out = Path(args.out)
