@@ -355,3 +355,9 @@ class _Bound:
         if rc != 0:
             raise ValueError("htaf_bconv rejected its arguments (kernel size, isa or buffers)")
         return out
+
+
+if __name__ == "__main__":  # `python -m htaf._native`: build now (e.g. in a Dockerfile), report
+    print(describe())
+    if available():
+        print(f"microkernels this CPU runs: {', '.join(supported_isas())}")
