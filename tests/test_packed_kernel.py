@@ -389,3 +389,20 @@ def test_a_used_packed_model_can_be_copied_and_pickled():
     torch.save(twin, buf)
     buf.seek(0)
     assert torch.equal(torch.load(buf, weights_only=False)(x), expected)
+
+
+@needs_c
+def test_inputs_the_plan_was_not_built_for_run_module_by_module():
+    """BatchNorm1d over the channels of a 3-d input whose last dim the linear layers take: the
+    folds were built for [B, C] inputs, so the plan gives up and the model runs module by
+    module, as the hard model does; 2-d inputs take the plan."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(5), BinaryLinear(5, 5), nn.BatchNorm1d(5),
+                          BinaryLinear(5, 3)).eval()
+    with torch.no_grad():
+        model[0].running_mean.normal_()
+        model[2].running_mean.normal_()
+    packed = pack_model(model)
+    assert packed.fused_plan().describe() == "BatchNorm1d→bits | Linear+bn→bits | Linear→float"
+    for x in (torch.randn(2, 5, 5), torch.randn(7, 5)):
+        assert torch.equal(packed(x), hard_model(model)(x))

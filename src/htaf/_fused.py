@@ -36,7 +36,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["build_plan", "fold_threshold", "fold_bounds", "Plan"]
+__all__ = ["build_plan", "fold_threshold", "fold_bounds", "Plan", "Unfusable"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -82,6 +82,10 @@ def fold_threshold(alpha: torch.Tensor | None, bias: torch.Tensor | None, bn: nn
             thr[c] = torch.nonzero(~row)[0, 0].item() - n
             flip[c] = 1
     return thr, flip
+
+
+class Unfusable(Exception):
+    """An input the fused plan was not built for (the caller runs the model module by module)."""
 
 
 def _decisions(bn: nn.Module, y: torch.Tensor) -> torch.Tensor | None:
@@ -162,10 +166,12 @@ class _PackIn:
     """A BatchNorm whose output feeds only a binary layer's sign, done as bounds while packing
     the float input (see :func:`fold_bounds`)."""
 
-    def __init__(self, bn: nn.Module, bounds: tuple[np.ndarray, np.ndarray]):
-        self.bn, self.bounds = bn, bounds
+    def __init__(self, bn: nn.Module, bounds: tuple[np.ndarray, np.ndarray], dim: int):
+        self.bn, self.bounds, self.dim = bn, bounds, dim
 
     def __call__(self, x: torch.Tensor) -> _Bits:
+        if x.dim() != self.dim:   # e.g. BatchNorm1d on [B, C, L]
+            raise Unfusable(f"a BatchNorm folded for {self.dim}-d inputs got {x.dim()}-d")
         return _Bits(_native.pack_nchw(x, bounds=self.bounds), x.shape[1])
 
 
@@ -209,6 +215,8 @@ class _Stage:
     def __call__(self, x):
         layer = self.layer
         if self.is_conv:
+            if not isinstance(x, _Bits) and x.dim() != 4:   # e.g. an unbatched [C, H, W]
+                raise Unfusable(f"a convolution got a {x.dim()}-d input")
             bits = x.words if isinstance(x, _Bits) else layer.native_input(x)
             conv = layer.native_conv()
         elif isinstance(x, _Bits):
@@ -317,7 +325,8 @@ def build_plan(module: nn.Module) -> Plan | None:
                 channels = nxt.in_channels if isinstance(nxt, PackedConv2d) else nxt.in_features
                 if _foldable_bn(m, channels):
                     bounds = fold_bounds(m, channels)
-            steps.append(m if bounds is None else _PackIn(m, bounds))
+            steps.append(m if bounds is None else _PackIn(m, bounds, 4 if isinstance(
+                nxt, PackedConv2d) else 2))
             i += 1
             continue
         is_conv = isinstance(m, PackedConv2d)
@@ -337,8 +346,8 @@ def build_plan(module: nn.Module) -> Plan | None:
             if ok and flatten:   # a linear layer over the flattened [C, h, w] bits
                 ok = (not isinstance(consumer, PackedConv2d)
                       and consumer.in_features % channels == 0)
-            elif ok and not is_conv:
-                ok = not isinstance(consumer, PackedConv2d)  # linear → BN → conv: not a shape
+            elif ok:             # conv → BN → conv, linear → BN → linear
+                ok = isinstance(consumer, PackedConv2d) == is_conv
             if ok:
                 fold = fold_threshold(m.alpha, m.bias, mods[j], _n(m), channels)
         steps.append(_Stage(m, pool, fold, flat_next))

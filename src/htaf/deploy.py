@@ -257,7 +257,7 @@ class PackedConv2d(_PackedBase):
     def native_ok(self, x: torch.Tensor) -> bool:
         """Whether the C kernel runs this layer for ``x`` (binary float32 input, no groups)."""
         return (self.binary_input and self.groups == 1 and x.dtype == torch.float32
-                and _resolve_backend(self.backend, x.device) == "c")
+                and x.dim() == 4 and _resolve_backend(self.backend, x.device) == "c")
 
     def native_conv(self) -> _native.BConv:
         """The C kernel's weights, built once. Padding modes other than zeros pad the float
@@ -412,7 +412,12 @@ class PackedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             plan = self.fused_plan(x)
-            return plan(x) if plan is not None else self.module(x)
+            if plan is not None:
+                try:
+                    return plan(x)
+                except _fused.Unfusable:   # e.g. an unbatched image: module by module
+                    pass
+            return self.module(x)
 
     def packed_layers(self) -> list[PackedLinear | PackedConv2d]:
         return [m for m in self.module.modules() if isinstance(m, (PackedLinear, PackedConv2d))]
