@@ -237,8 +237,8 @@ static inline void row_pixel(const conv_job *job, int64_t w, int64_t r, int64_t 
     *x = px * P + r % P;
 }
 
-/* Epilogue of one channel group (8 channels, o = 8*o8 + j) for `nw` windows whose rows' counts
-   are in cnt [rows][8]. Plain C over 8 lanes: the AVX2 driver gets it vectorized. */
+/* Epilogue of the word microkernels for one channel group (8 channels, o = 8*o8 + j) and `nw`
+   windows whose rows' counts are in cnt [rows][8]. (The AVX2 driver has its own, in registers.) */
 static inline void epilogue(const conv_job *job, int64_t w0, int64_t nw, int64_t o8,
                             const int32_t *cnt, const uint64_t *masks) {
     const bconv_t *p = job->p;
