@@ -329,34 +329,35 @@ def test_packed_vgg_equals_hard_model_on_the_digits_test_set():
         assert torch.equal(packed.set_backend(backend)(xte), expected), backend
 
 
-def test_without_a_compiler_everything_falls_back_to_numpy(tmp_path):
-    """``HTAF_NO_NATIVE=1`` in a fresh process: no library, the NumPy backend, same logits."""
+@needs_c
+def test_pthread_pool_build_gives_the_same_integers():
+    """``HTAF_NO_OPENMP=1`` builds the library with its own pthread pool (what a compiler
+    without OpenMP gets); several threads give the single-threaded result."""
     code = textwrap.dedent("""
         import torch
         from htaf import _native
-        from htaf.deploy import hard_model, pack_model
-        from htaf.models import create_model
-        torch.manual_seed(0)
-        m = create_model("bnn_vgg_small", in_channels=3, image_size=8, width_mult=1 / 16)
-        p = pack_model(m)
-        x = torch.randn(4, 3, 8, 8)
-        assert not _native.available()
-        assert p.fused_plan(x) is None
-        assert torch.equal(p(x), hard_model(m)(x))
-        print(p.backend_info())
+        g = torch.Generator().manual_seed(0)
+        conv = _native.BConv(torch.rand(75, 3, 3, 90, generator=g) > 0.5, padding=(1, 1))
+        for B in (1, 9):
+            bits = _native.pack_nchw(torch.randn(B, 90, 12, 12, generator=g), nthreads=3)
+            one = conv(bits, mode=_native.MODE_INT, pool=2, nthreads=1)
+            for n in (2, 3, 7):
+                assert torch.equal(conv(bits, mode=_native.MODE_INT, pool=2, nthreads=n), one)
+        print(_native.describe())
     """)
-    env = {**os.environ, "HTAF_NO_NATIVE": "1", "HTAF_CACHE": str(tmp_path),
+    env = {**os.environ, "HTAF_NO_OPENMP": "1",
            "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
                                           os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "NumPy fallback" in out.stdout and "HTAF_NO_NATIVE" in out.stdout
+    assert "(pthreads)" in out.stdout
 
 
-def test_native_library_state_can_be_reset_to_unavailable(monkeypatch):
-    """In-process: with the build disabled, available() is False, describe() says why, the
-    kernels raise a clear error and pack_model picks NumPy."""
+def test_without_a_compiler_everything_falls_back_to_numpy(monkeypatch):
+    """``HTAF_NO_NATIVE=1`` (as if no compiler worked; the library state reset as in a fresh
+    process): available() is False, describe() says why, the kernels raise a clear error, and
+    packed models run on NumPy with the same logits."""
     monkeypatch.setenv("HTAF_NO_NATIVE", "1")
     monkeypatch.setattr(_build, "_loaded", {})
     monkeypatch.setattr(_native, "_lib", None)
@@ -365,10 +366,11 @@ def test_native_library_state_can_be_reset_to_unavailable(monkeypatch):
     assert "NumPy fallback" in _native.describe()
     with pytest.raises(RuntimeError, match="not available"):
         _native.xor_popcount(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
-    model = nn.Sequential(BinaryLinear(30, 4))
-    x = torch.randn(5, 30)
+    model = create_model("bnn_vgg_small", in_channels=3, image_size=8, width_mult=1 / 16)
+    x = torch.randn(4, 3, 8, 8)
     packed = pack_model(model)
     assert packed.fused_plan(x) is None and torch.equal(packed(x), hard_model(model)(x))
+    assert "NumPy fallback" in packed.backend_info() and "HTAF_NO_NATIVE" in packed.backend_info()
 
 
 @needs_c
