@@ -136,7 +136,10 @@ def medians(fns: dict, repeats: int, rounds: int = 3) -> dict[str, float]:
                     t = time.perf_counter()
                     fn()
                     times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out.update({f"{k[:-3]}_min_ms" if k.endswith("_ms") else f"{k}_min": min(v)
+                for k, v in times.items()})
+    return out
 
 
 def ort_sessions(float_model: nn.Module, calib: torch.Tensor, example: torch.Tensor, tmp: Path):
@@ -211,7 +214,7 @@ def layer_rows(packed, x: torch.Tensor, threads: int, repeats: int, hz: float | 
         wf = torch.randn(L["O"], L["C"], *L["k"], generator=g)
         stage, inp = L["stage"], L["input"]
         t = medians({"float": lambda: TF.conv2d(xf, wf, None, 1, 1),
-                                 "packed": lambda: stage(inp)}, repeats)
+                     "packed": lambda: stage(inp)}, repeats)
         ops = L["B"] * L["H"] * L["W"] * L["O"] * L["C"] * L["k"][0] * L["k"][1]
         row = {"layer": f"conv{i + 1}", "shape": f"{L['C']}→{L['O']} {L['H']}×{L['W']}",
                "batch": L["B"], "threads": threads, "float_conv_ms": t["float"],
@@ -319,7 +322,8 @@ def main(argv=None) -> dict:
                         row[f"speedup_vs_{k[:-3]}"] = row[k] / row["packed_ms"]
                 rows.append(row)
                 print(f"threads {threads} batch {bs}: " + ", ".join(
-                    f"{k} {v:.2f}" for k, v in row.items() if k.endswith("_ms")), flush=True)
+                    f"{k} {v:.2f}" for k, v in row.items()
+                    if k.endswith("_ms") and not k.endswith("_min_ms")), flush=True)
                 if not args.no_layers:
                     layers += layer_rows(packed, x, threads, reps, hz)
     torch.set_num_threads(args.threads[0])
