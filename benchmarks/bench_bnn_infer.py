@@ -219,6 +219,7 @@ def layer_rows(packed, x: torch.Tensor, threads: int, repeats: int, hz: float | 
         row = {"layer": f"conv{i + 1}", "shape": f"{L['C']}→{L['O']} {L['H']}×{L['W']}",
                "batch": L["B"], "threads": threads, "float_conv_ms": t["float"],
                "packed_ms": t["packed"], "speedup": t["float"] / t["packed"],
+               "float_conv_min_ms": t["float_min"], "packed_min_ms": t["packed_min"],
                "epilogue": ("max-pool + " if L["pool"] > 1 else "")
                + ("BN + sign + pack" if L["fold"] else "float · α + b"),
                "bitops_per_s": ops / (t["packed"] * 1e-3), "float_macs_per_s": ops / (
