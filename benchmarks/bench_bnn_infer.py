@@ -386,6 +386,10 @@ def layer_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _than(ratio: float, peer: str) -> str:
+    return f"{ratio:.1f}× faster than {peer}" if ratio >= 1 else f"{1 / ratio:.1f}× slower than {peer}"
+
+
 def summary(result: dict) -> str:
     rows = {(r["threads"], r["batch"]): r for r in result["latency_median_ms"]}
     r1 = rows.get((1, 1))
@@ -395,14 +399,14 @@ def summary(result: dict) -> str:
             "MB) and its logits are bit-identical to the hard PyTorch model's")
     if r1:
         text += (f"; at batch 1 on one thread it runs in {r1['packed_ms']:.2f} ms, "
-                 f"{r1['speedup_vs_float_pytorch']:.1f}× faster than float PyTorch")
+                 + _than(r1["speedup_vs_float_pytorch"], "float PyTorch"))
         if r1.get("speedup_vs_ort_int8"):
-            text += (f", {r1['speedup_vs_ort_fp32']:.1f}× faster than ONNX Runtime fp32 and "
-                     f"{r1['speedup_vs_ort_int8']:.1f}× faster than ONNX Runtime int8")
+            text += (f", {_than(r1['speedup_vs_ort_fp32'], 'ONNX Runtime fp32')} and "
+                     f"{_than(r1['speedup_vs_ort_int8'], 'ONNX Runtime int8')}")
     ratios = [r["speedup_vs_ort_int8"] for r in rows.values() if r.get("speedup_vs_ort_int8")]
     if ratios:
-        text += (f" (vs ORT int8 over 1–2 threads and batch 1–64: {min(ratios):.1f}–"
-                 f"{max(ratios):.1f}×)")
+        text += (f" (packed ÷ ORT int8 time over {len(ratios)} thread/batch settings: "
+                 f"{1 / max(ratios):.2f}–{1 / min(ratios):.2f})")
     return text + f" [{result['device']}, `{result['kernel']}`]."
 
 
