@@ -333,7 +333,7 @@ def main(argv=None) -> dict:
                    + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "bnn_vgg_small", "model_kwargs": kw, "input": f"float32 [B, 3, 32, 32]: {inputs}",
         "device": cpu_name(), "cpu_cores": os.cpu_count(),
-        "kernel": _native.describe() if _native.available() else "unavailable",
+        "kernel": _native.describe(threads=False) if _native.available() else "unavailable",
         "isa": _native.isa() if _native.available() else None,
         "fused_plan": packed.fused_plan(timed[:1]).describe() if packed.fused_plan(
             timed[:1]) else None,

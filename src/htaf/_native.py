@@ -144,15 +144,17 @@ def using_isa(name: str | None):
         _forced = previous
 
 
-def describe() -> str:
-    """One line for users: which packed backend runs and why."""
+def describe(threads: bool = True) -> str:
+    """One line for users: which packed backend runs and why (and on how many threads)."""
     if not available():
         return (f"NumPy fallback (the C kernel is not available: "
                 f"{build_error(_LIB_NAME) or 'not built'})")
     names = {"avx2": "AVX2 nibble-lookup popcount", "popcnt": "scalar 64-bit popcnt",
              "generic": "portable C popcount"}
-    n = torch.get_num_threads()
     pool = "OpenMP" if _load().htaf_threading() else "pthreads"
+    if not threads:
+        return f"C kernel, {names[isa()]} ({pool} threads)"
+    n = torch.get_num_threads()
     return f"C kernel, {names[isa()]}, {n} thread{'s' if n != 1 else ''} ({pool})"
 
 
