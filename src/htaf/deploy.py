@@ -6,20 +6,25 @@ r"""Deployment of binary networks: a packed-bit inference model and ONNX export.
     dot(x_b, w_b) = n − 2·popcount(a ⊕ w) = 2·popcount(¬(a ⊕ w)) − n
 
 on bit-packed words (bit 1 = +1, bit 0 = −1; 64 or 32 bits a word, int64/int32 tensors), exactly,
-with integer ops only. Convolutions pack the channels of each pixel, gather the k×k taps of the
-packed words (im2col on words, 32–64× less memory than on floats), and run the same packed
-matmul. True zero padding (``pad_value=0``) is corrected exactly: a padded tap contributes
-−Σ_c w_b instead of 0, which a per-(position, channel) integer correction removes.
+with integer ops only. Backends (``backend=``): ``"c"``, the kernel of :mod:`htaf._native`
+(compiled once per machine; AVX2, ``popcnt`` or portable microkernels chosen at run time;
+threads), the CPU default; ``"numpy"`` (``np.bitwise_count``), the fallback without a compiler;
+``"torch"`` (SWAR bit trick, any device). True zero padding (``pad_value=0``) is corrected
+exactly: a padded tap contributes −Σ_c w_b instead of 0, which an integer correction removes.
 
-The integer result is converted to float and goes through ``· α + b`` in the same order as the
-layer's own forward, so the packed model's output equals the hard PyTorch model's bit for bit;
-every other module (BatchNorm, pooling, the full-precision first/last layers, real shortcuts,
-RPReLU…) is kept as is, in eval mode. Binary layers with a real-valued input (``input_quantizer=None``)
-store their weights packed and unpack them once per call; layers with real weights are kept.
+The integer result goes through ``· α + b`` in the same float order as the layer's own forward,
+so the packed model's output equals the hard PyTorch model's bit for bit. Every other module
+(BatchNorm, pooling, the full-precision first/last layers, real shortcuts, RPReLU…) is kept as
+is, in eval mode; with the C backend a sequential model runs a fused plan (:mod:`htaf._fused`)
+in which max-pooling and BatchNorm + sign become part of each binary layer's epilogue and
+binary layers pass packed bits to each other, still bit for bit. Binary layers with a
+real-valued input (``input_quantizer=None``) store their weights packed and unpack them once
+per call; layers with real weights are kept.
 
 File format (``.htafbin``): one ``torch.save`` of a dict of plain tensors and strings
 (``format``, ``version``, ``word_bits``, ``arch`` = ``{"model": name, "model_kwargs": {...}}``,
-``state_dict``), loadable with ``weights_only=True``; written atomically.
+``state_dict``), loadable with ``weights_only=True``; written atomically, with the mode a new
+file gets (0666 minus the umask).
 """
 
 from __future__ import annotations
@@ -122,10 +127,11 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 def packed_mismatches(a: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """popcount(a ⊕ w) summed over words: ``a [M, W]``, ``w [O, W]`` → int32 ``[M, O]``.
 
-    ``backend``: ``"c"`` (a fused XOR-popcount loop in C, compiled on first use, CPU; see
-    :mod:`htaf._native`), ``"numpy"`` (hardware popcount via ``np.bitwise_count``, CPU),
-    ``"torch"`` (SWAR popcount on tensors, any device), ``"auto"`` (on the CPU the first of c,
-    numpy, torch that works; torch elsewhere). All give the same integers.
+    ``backend``: ``"c"`` (a fused XOR-popcount loop in C, see :mod:`htaf._native`; CPU),
+    ``"numpy"`` (hardware popcount via ``np.bitwise_count``, CPU), ``"torch"`` (SWAR popcount on
+    tensors, any device), ``"auto"`` (on the CPU the first of c, numpy, torch that works; torch
+    elsewhere). All give the same integers. (Convolutions and linear layers use the C
+    kernel's own convolution; this is the general path, e.g. for grouped convolutions.)
 
     The NumPy path puts the words axis first so the sum over it adds contiguous ``[rows, O]``
     planes, and processes rows in chunks whose ``[W, rows, O]`` XOR block stays in cache.
