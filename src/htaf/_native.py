@@ -53,7 +53,7 @@ _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 class _Args(ctypes.Structure):
     """``bconv_t`` of csrc/bconv.c, field for field."""
     _fields_ = [("x", _ptr), *[(k, _i64) for k in "B H W C Cw".split()],
-                *[(k, _i64) for k in "kh kw sh sw ph pw dh dw pad_ones zero_pad O O8 K Kv".split()],
+                *[(k, _i64) for k in "kh kw sh sw ph pw dh dw pad_ones zero_pad O O8 K".split()],
                 ("wpanel", _ptr), ("wsplit", _ptr), ("wsum", _ptr), ("n", _i64), ("pool", _i64),
                 ("mode", _i64), ("alpha", _ptr), ("bias", _ptr), ("thr", _ptr), ("flip", _ptr),
                 ("out", _ptr), ("out_bytes", _i64), ("nthreads", _i64), ("isa", _i64)]
@@ -239,19 +239,19 @@ class BConv:
         self.pad_value = pad_value
         self.Cw = -(-C // 64)
         self.K = kh * kw * self.Cw
-        self.Kv = -(-self.K // 4)
-        self.O8 = -(-O // 8)
+        self.O8, O32 = -(-O // 8), -(-O // 32)
         b = bits.cpu().numpy()
         words = _pack_bool64(b).reshape(O, self.K)
-        rows = np.zeros((self.O8 * 8, 4 * self.Kv), np.uint64)
-        rows[:O, :self.K] = words
+        rows = np.zeros((O32 * 32, self.K), np.uint64)
+        rows[:O] = words
         # scalar panel [O8][K][8]: the 8 channels' words of one k side by side
-        self.wpanel = np.ascontiguousarray(rows[:, :self.K].reshape(self.O8, 8, self.K)
+        self.wpanel = np.ascontiguousarray(rows[:self.O8 * 8].reshape(self.O8, 8, self.K)
                                            .transpose(0, 2, 1))
-        # AVX2 panel [O8][Kv][8][lo, hi][32 B]: low and high nibbles of every byte
-        byt = rows.view(np.uint8).reshape(self.O8, 8, self.Kv, 32)
-        split = np.stack([byt & 0x0F, byt >> 4], axis=3)  # [O8, 8, Kv, 2, 32]
-        self.wsplit = np.ascontiguousarray(split.transpose(0, 2, 1, 3, 4))
+        # AVX2 panel [O32][K][lo, hi][8 registers][4 channels][8 B]: the low and high nibbles of
+        # every byte, channel 4j + q in qword q of register j
+        byt = rows.view(np.uint8).reshape(O32, 8, 4, self.K, 8)
+        split = np.stack([byt & 0x0F, byt >> 4], axis=4)  # [O32, 8, 4, K, 2, 8]
+        self.wsplit = np.ascontiguousarray(split.transpose(0, 3, 4, 1, 2, 5))
         # Σ_c w_b[o, c, tap] = 2·popcount − C, for true zero padding: [O8][taps][8]
         wsum = np.zeros((self.O8 * 8, kh * kw), np.int32)
         wsum[:O] = 2 * b.reshape(O, kh * kw, C).sum(-1, dtype=np.int32) - C
@@ -304,7 +304,7 @@ class _Bound:
                           sh=c.stride[0], sw=c.stride[1], ph=c.padding[0], pw=c.padding[1],
                           dh=c.dilation[0], dw=c.dilation[1], pad_ones=int(c.pad_value > 0),
                           zero_pad=int(c.pad_value == 0 and any(c.padding)), O=c.O, O8=c.O8,
-                          K=c.K, Kv=c.Kv, wpanel=c.wpanel.ctypes.data,
+                          K=c.K, wpanel=c.wpanel.ctypes.data,
                           wsplit=c.wsplit.ctypes.data, wsum=c.wsum.ctypes.data,
                           n=c.kh * c.kw * c.C, pool=pool, mode=mode)
         if mode == MODE_FLOAT:

@@ -22,9 +22,11 @@
    test, so pooling on the integers is exact.) Threads take (row block, channel chunk) tasks.
 
    Three interchangeable microkernels, chosen at run time from the CPU's flags (or forced):
-     ISA_AVX2    nibble lookup with vpshufb on operands pre-split into low/high nibbles:
-                 per 256 bits, 2 vpxor + 2 vpshufb + 2 vpaddb (byte counters, flushed with
-                 vpsadbw every <= 31 steps)
+     ISA_AVX2    nibble lookup with vpshufb on operands pre-split into low/high nibbles,
+                 32 output channels at a time: each activation word is broadcast and XORed
+                 with 4 channels' words per register, so per 256 bit-pairs 2 vpxor +
+                 2 vpshufb + 2 vpaddb into byte counters, and one vpsadbw at the end yields
+                 4 channels' counts (counters flushed every <= 31 words)
      ISA_POPCNT  64-bit XOR + hardware popcnt, 8 output channels per loaded activation word
      ISA_GENERIC the same loop in portable C (compiler's popcount)
    All produce the same integers. Compile with -ffp-contract=off: the float epilogue must round
@@ -43,7 +45,7 @@
 
 enum { ISA_GENERIC = 0, ISA_POPCNT = 1, ISA_AVX2 = 2 };
 #define ROWS_PER_BLOCK 64   /* output pixels im2col'd together */
-#define AVX2_MAX_STEPS 31   /* byte counters grow <= 8 a step: flush before 256 */
+#define AVX2_MAX_WORDS 31   /* byte counters grow <= 8 a word: flush before 256 */
 
 int htaf_isa_supported(int64_t isa) {
     if (isa == ISA_GENERIC) return 1;
@@ -178,9 +180,9 @@ typedef struct {
     int64_t kh, kw, sh, sw, ph, pw, dh, dw;
     int64_t pad_ones;                  /* padded taps hold +1 (bit 1) instead of -1 (bit 0) */
     int64_t zero_pad;                  /* pad_value 0: add back wsum of the padded taps */
-    int64_t O, O8, K, Kv;              /* O8 = ceil(O/8); K = kh*kw*Cw words; Kv = ceil(K/4) */
+    int64_t O, O8, K;                  /* O8 = ceil(O/8); K = kh*kw*Cw words */
     const uint64_t *wpanel;            /* scalar panel [O8][K][8] words */
-    const uint8_t *wsplit;             /* AVX2 panel [O8][Kv][8][2][32] nibbles (or NULL) */
+    const uint8_t *wsplit;             /* AVX2 panel [ceil(O/32)][K][lo, hi][8][4 ch][8 B] */
     const int32_t *wsum;               /* [O8][kh*kw][8]: sum_c w_b[o, c, tap] (zero_pad) */
     int64_t n;                         /* kh*kw*C */
     int64_t pool;                      /* max-pool window = stride, 1 for none */
@@ -201,8 +203,8 @@ typedef struct {
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Gather one output pixel's receptive field into `row` (K words, zero-filled to 4*Kv);
-   return the bit mask of padded taps (kernels of more than 64 taps have no padding). */
+/* Gather one output pixel's receptive field into `row` (K words); return the bit mask of
+   padded taps (kernels of more than 64 taps have no padding). */
 static inline uint64_t im2col_row(const bconv_t *p, int64_t b, int64_t y, int64_t x,
                                   const uint64_t *padtap, uint64_t *row) {
     const int64_t Cw = p->Cw;
@@ -223,7 +225,6 @@ static inline uint64_t im2col_row(const bconv_t *p, int64_t b, int64_t y, int64_
             for (int64_t c = 0; c < Cw; ++c) dst[c] = src[c];
         }
     }
-    for (int64_t k = p->K; k < 4 * p->Kv; ++k) row[k] = 0;
     return mask;
 }
 
@@ -322,61 +323,74 @@ __attribute__((target("avx2"))) static inline __m256i reduce8(__m256i c0, __m256
                             _mm256_permute2x128_si256(t0, t1, 0x31));
 }
 
-/* Counts of `nrows` im2col rows (each [Kv][lo 32 B, hi 32 B] nibbles, rows 64*Kv bytes apart)
-   against one 8-channel panel w [Kv][8][lo, hi]: cnt[i] = the 8 channels' mismatch counts of
-   row i as int32 lanes. Not inlined, one call a block: inside, only the 8 counters, the table
-   and one operand are live in the hot loop, so none is spilled to the stack. */
-__attribute__((target("avx2"), noinline)) static void mk_avx2(const uint8_t *a, int64_t nrows,
-                                                              const uint8_t *w, int64_t Kv,
-                                                              __m256i *cnt) {
+/* Counts of `nrows` im2col rows against 32 output channels. a: each row's K words as
+   [K][lo, hi] nibble words (rows 2*K words apart); w: [K][lo, hi][8 registers][4 channels][8 B]
+   (channel 4*j + q in qword q of register j). cnt[i*32 + o]: row i's count for channel o.
+   K is walked in chunks of <= 31 words (before a byte counter can overflow), all rows a chunk:
+   the chunk's weights (<= 16 KB) stay in L1 while the rows stream past. Not inlined: inside,
+   only the 8 counters, the table and one operand are live in the hot loop, so none spills. */
+__attribute__((target("avx2"), noinline)) static void mk_avx2(const uint64_t *a, int64_t nrows,
+                                                              const uint8_t *w, int64_t K,
+                                                              int32_t *cnt) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    for (int64_t i = 0; i < nrows; ++i, a += 64 * Kv) {
-        __m256i total = _mm256_setzero_si256();
-        for (int64_t s0 = 0; s0 < Kv; s0 += AVX2_MAX_STEPS) {
-            const int64_t s1 = min64(Kv, s0 + AVX2_MAX_STEPS);
-            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,
-                    c6 = c0, c7 = c0;
-            for (int64_t s = s0; s < s1; ++s) {
-                const __m256i *ws = (const __m256i *)(w + 512 * s);
-                /* low nibbles of the 8 channels, then high ones: one operand live at a time */
-                __m256i v = _mm256_load_si256((const __m256i *)(a + 64 * s));
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int64_t k0 = 0; k0 < K; k0 += AVX2_MAX_WORDS) {
+        const int64_t k1 = min64(K, k0 + AVX2_MAX_WORDS);
+        for (int64_t i = 0; i < nrows; ++i) {
+            const uint64_t *ai = a + 2 * K * i;
+            __m256i c0 = zero, c1 = zero, c2 = zero, c3 = zero, c4 = zero, c5 = zero, c6 = zero,
+                    c7 = zero;
+            for (int64_t k = k0; k < k1; ++k) {
+                const __m256i *ws = (const __m256i *)(w + 512 * k);
+                /* low nibbles of the word against 32 channels, then the high ones */
+                __m256i v = _mm256_set1_epi64x((long long)ai[2 * k]);
 /* the empty asm pins each counter to a register: without it GCC reassociates the adds and
    spills counters to the stack */
 #define HTAF_STEP(c, j)                                                                        \
     c = _mm256_add_epi8(c, _mm256_shuffle_epi8(lut, _mm256_xor_si256(v, _mm256_loadu_si256(ws + j)))); \
     __asm__("" : "+x"(c));
-                HTAF_STEP(c0, 0) HTAF_STEP(c1, 2) HTAF_STEP(c2, 4) HTAF_STEP(c3, 6)
-                HTAF_STEP(c4, 8) HTAF_STEP(c5, 10) HTAF_STEP(c6, 12) HTAF_STEP(c7, 14)
-                v = _mm256_load_si256((const __m256i *)(a + 64 * s + 32));
-                HTAF_STEP(c0, 1) HTAF_STEP(c1, 3) HTAF_STEP(c2, 5) HTAF_STEP(c3, 7)
-                HTAF_STEP(c4, 9) HTAF_STEP(c5, 11) HTAF_STEP(c6, 13) HTAF_STEP(c7, 15)
+                HTAF_STEP(c0, 0) HTAF_STEP(c1, 1) HTAF_STEP(c2, 2) HTAF_STEP(c3, 3)
+                HTAF_STEP(c4, 4) HTAF_STEP(c5, 5) HTAF_STEP(c6, 6) HTAF_STEP(c7, 7)
+                v = _mm256_set1_epi64x((long long)ai[2 * k + 1]);
+                HTAF_STEP(c0, 8) HTAF_STEP(c1, 9) HTAF_STEP(c2, 10) HTAF_STEP(c3, 11)
+                HTAF_STEP(c4, 12) HTAF_STEP(c5, 13) HTAF_STEP(c6, 14) HTAF_STEP(c7, 15)
 #undef HTAF_STEP
             }
-            total = _mm256_add_epi32(total, reduce8(c0, c1, c2, c3, c4, c5, c6, c7));
+            /* vpsadbw: qword q of register j = the count of channel 4*j + q (< 2^16);
+               registers 2s, 2s+1 hold channels 8s..8s+3, 8s+4..8s+7: interleave their counts
+               as 32-bit lanes and put them in channel order */
+            const __m256i t[4] = {
+                _mm256_or_si256(_mm256_sad_epu8(c0, zero), _mm256_slli_epi64(_mm256_sad_epu8(c1, zero), 32)),
+                _mm256_or_si256(_mm256_sad_epu8(c2, zero), _mm256_slli_epi64(_mm256_sad_epu8(c3, zero), 32)),
+                _mm256_or_si256(_mm256_sad_epu8(c4, zero), _mm256_slli_epi64(_mm256_sad_epu8(c5, zero), 32)),
+                _mm256_or_si256(_mm256_sad_epu8(c6, zero), _mm256_slli_epi64(_mm256_sad_epu8(c7, zero), 32))};
+            for (int sub = 0; sub < 4; ++sub) {
+                __m256i *dst = (__m256i *)(cnt + 32 * i + 8 * sub);
+                const __m256i v = _mm256_permutevar8x32_epi32(t[sub], order);
+                _mm256_storeu_si256(dst, k0 ? _mm256_add_epi32(_mm256_loadu_si256(dst), v) : v);
+            }
         }
-        _mm256_store_si256(cnt + i, total);
     }
 }
 
-/* Low and high nibbles of each byte of 4*Kv words, as [Kv][lo 32 B, hi 32 B]. */
-__attribute__((target("avx2"))) static inline void split_nibbles(const uint64_t *row, int64_t Kv,
-                                                                 uint8_t *out) {
-    const __m256i m = _mm256_set1_epi8(0x0F);
-    for (int64_t s = 0; s < Kv; ++s) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(row + 4 * s));
-        _mm256_store_si256((__m256i *)(out + 64 * s), _mm256_and_si256(v, m));
-        _mm256_store_si256((__m256i *)(out + 64 * s + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+/* Low and high nibbles of each byte of a row's K words, as [K][lo, hi]. */
+static inline void split_nibbles(const uint64_t *row, int64_t K, uint64_t *out) {
+    const uint64_t m = 0x0F0F0F0F0F0F0F0Full;
+    for (int64_t k = 0; k < K; ++k) {
+        out[2 * k] = row[k] & m;
+        out[2 * k + 1] = (row[k] >> 4) & m;
     }
 }
 #endif
 
 /* ---- the driver: one task = one block of windows x one chunk of 8-channel groups -------- */
 typedef struct {
-    uint64_t *rows;     /* [rows][4*Kv] words */
-    uint8_t *split;     /* [rows][Kv][64] (AVX2) */
+    uint64_t *rows;     /* [rows][K] words */
+    uint64_t *split;    /* [rows][K][lo, hi] nibble words (AVX2) */
     uint64_t *masks;    /* [rows] padded taps */
-    int32_t *cnt;       /* [rows][8] */
+    int32_t *cnt;       /* [rows][8], AVX2: [rows][32] */
     uint64_t *padtap;   /* [Cw] the words of a padded tap */
     int64_t block;      /* the block whose rows are in `rows`, -1 none */
 } scratch;
@@ -386,14 +400,14 @@ static inline __attribute__((always_inline)) int64_t load_block(conv_job *job, s
                                                                 int64_t blk, int split) {
     const bconv_t *p = job->p;
     const int64_t P2 = p->pool * p->pool, w0 = blk * job->win_per_block;
-    const int64_t nrows = min64(job->win_per_block, job->windows - w0) * P2, Kr = 4 * p->Kv;
+    const int64_t nrows = min64(job->win_per_block, job->windows - w0) * P2, Kr = p->K;
     if (s->block == blk) return nrows;
     for (int64_t i = 0; i < nrows; ++i) {
         int64_t b, y, x;
         row_pixel(job, w0 + i / P2, i % P2, &b, &y, &x);
         s->masks[i] = im2col_row(p, b, y, x, s->padtap, s->rows + i * Kr);
 #ifdef HTAF_X86
-        if (split) split_nibbles(s->rows + i * Kr, p->Kv, s->split + i * 64 * p->Kv);
+        if (split) split_nibbles(s->rows + i * Kr, p->K, s->split + i * 2 * p->K);
 #else
         (void)split;
 #endif
@@ -408,7 +422,7 @@ static inline __attribute__((always_inline)) void run_task_words(conv_job *job, 
                                                                  int64_t task) {
     const bconv_t *p = job->p;
     const int64_t blk = task / job->chunks, chunk = task % job->chunks;
-    const int64_t nrows = load_block(job, s, blk, 0), Kr = 4 * p->Kv;
+    const int64_t nrows = load_block(job, s, blk, 0), Kr = p->K;
     const int64_t g0 = chunk * job->o8_per_chunk, g1 = min64(p->O8, g0 + job->o8_per_chunk);
     for (int64_t o8 = g0; o8 < g1; ++o8) {
         for (int64_t i = 0; i < nrows; ++i)
@@ -431,20 +445,20 @@ __attribute__((target("avx2,popcnt"))) static void run_task_avx2(conv_job *job, 
     const __m256i vn = _mm256_set1_epi32((int32_t)p->n), zero = _mm256_setzero_si256();
     for (int64_t o8 = g0; o8 < g1; ++o8) {
         const int64_t o0 = 8 * o8;
-        const uint8_t *panel = p->wsplit + o8 * p->Kv * 512;
+        if (o8 % 4 == 0)   /* counts of the next 32 channels for every row of the block */
+            mk_avx2(s->split, nrows, p->wsplit + (o8 / 4) * p->K * 512, p->K, s->cnt);
+        const int32_t *cnt = s->cnt + 8 * (o8 % 4);
         const int32_t *ws = p->wsum ? p->wsum + o8 * T * 8 : NULL;
         __m256i thr = zero, flip = zero;
         if (p->mode == 1) {
             thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
             flip = _mm256_sub_epi32(zero, _mm256_loadu_si256((const __m256i *)(p->flip + o0)));
         }
-        __m256i *cnt = (__m256i *)s->cnt;
-        mk_avx2(s->split, nrows, panel, p->Kv, cnt);
         for (int64_t wi = 0; wi < nw; ++wi) {
             __m256i best = _mm256_set1_epi32(INT32_MIN);
             for (int64_t r = 0; r < P2; ++r) {
                 const int64_t i = wi * P2 + r;
-                const __m256i c = _mm256_load_si256(cnt + i);
+                const __m256i c = _mm256_loadu_si256((const __m256i *)(cnt + 32 * i));
                 __m256i d = _mm256_sub_epi32(vn, _mm256_add_epi32(c, c));
                 for (uint64_t m = p->zero_pad ? s->masks[i] : 0; m; m &= m - 1)
                     d = _mm256_add_epi32(d, _mm256_loadu_si256(
@@ -483,10 +497,10 @@ __attribute__((target("avx2,popcnt"))) static void run_task_avx2(conv_job *job, 
 static int scratch_alloc(scratch *s, const bconv_t *p, int64_t rows) {
     memset(s, 0, sizeof *s);
     s->block = -1;
-    const int64_t Kr = 4 * p->Kv;
+    const int64_t Kr = p->K;
     if (posix_memalign((void **)&s->rows, 64, (size_t)(rows * Kr + 4) * 8)) return 0;
-    if (posix_memalign((void **)&s->split, 64, (size_t)(rows * p->Kv * 64 + 64))) return 0;
-    if (posix_memalign((void **)&s->cnt, 64, (size_t)rows * 8 * 4)) return 0;
+    if (posix_memalign((void **)&s->split, 64, (size_t)(rows * p->K * 16 + 64))) return 0;
+    if (posix_memalign((void **)&s->cnt, 64, (size_t)rows * 32 * 4)) return 0;
     s->masks = malloc((size_t)rows * 8);
     s->padtap = malloc((size_t)(p->Cw + 1) * 8);
     if (!s->masks || !s->padtap) return 0;
@@ -537,7 +551,7 @@ static void conv_part(void *ctx, int part) {
 /* Returns 0 on success, 1 on bad arguments, 2 when out of memory. */
 int htaf_bconv(const bconv_t *p) {
     if ((p->kh * p->kw > 64 && (p->ph || p->pw)) || p->pool < 1 || p->mode < 0 || p->mode > 2 || p->O8 * 8 < p->O
-        || p->K != p->kh * p->kw * p->Cw || 4 * p->Kv < p->K || !htaf_isa_supported(p->isa)
+        || p->K != p->kh * p->kw * p->Cw || !htaf_isa_supported(p->isa)
         || (p->isa == ISA_AVX2 && !p->wsplit) || (p->isa != ISA_AVX2 && !p->wpanel)
         || (p->zero_pad && !p->wsum) || (p->mode == 1 && (!p->thr || !p->flip)))
         return 1;
@@ -559,6 +573,8 @@ int htaf_bconv(const bconv_t *p) {
     if (threads > 1 && job.blocks < 4 * threads)
         chunks = min64(p->O8, (4 * threads + job.blocks - 1) / job.blocks);
     job.o8_per_chunk = (p->O8 + chunks - 1) / chunks;
+    if (p->isa == ISA_AVX2)   /* the AVX2 microkernel does 32 channels (4 groups) at a time */
+        job.o8_per_chunk = (job.o8_per_chunk + 3) / 4 * 4;
     job.chunks = (p->O8 + job.o8_per_chunk - 1) / job.o8_per_chunk;
     job.tasks = job.blocks * job.chunks;
     pool_run((int)min64(threads, job.tasks), conv_part, &job);
