@@ -61,6 +61,8 @@ class _Args(ctypes.Structure):
 
 def _load() -> ctypes.CDLL | None:
     global _lib, _tried
+    if _tried:   # the common case, without the lock
+        return _lib
     with _lock:
         if not _tried:
             _tried = True

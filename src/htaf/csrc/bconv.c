@@ -494,25 +494,54 @@ __attribute__((target("avx2,popcnt"))) static void run_task_avx2(conv_job *job, 
 }
 #endif
 
+/* Scratch memory: one grow-only buffer per thread (freed when the thread exits), so a call
+   does not pay for five allocations. */
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+typedef struct { void *buf; size_t size; } arena_t;
+
+static void arena_free(void *a) {
+    if (a) { free(((arena_t *)a)->buf); free(a); }
+}
+static void arena_init(void) { pthread_key_create(&arena_key, arena_free); }
+
+static void *arena_get(size_t need) {
+    pthread_once(&arena_once, arena_init);
+    arena_t *a = pthread_getspecific(arena_key);
+    if (!a) {
+        if (!(a = calloc(1, sizeof *a))) return NULL;
+        pthread_setspecific(arena_key, a);
+    }
+    if (a->size < need) {
+        free(a->buf);
+        a->buf = NULL;
+        a->size = 0;
+        if (posix_memalign(&a->buf, 64, need)) { a->buf = NULL; return NULL; }
+        a->size = need;
+    }
+    return a->buf;
+}
+
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
+
 static int scratch_alloc(scratch *s, const bconv_t *p, int64_t rows) {
     memset(s, 0, sizeof *s);
     s->block = -1;
-    const int64_t Kr = p->K;
-    if (posix_memalign((void **)&s->rows, 64, (size_t)(rows * Kr + 4) * 8)) return 0;
-    if (posix_memalign((void **)&s->split, 64, (size_t)(rows * p->K * 16 + 64))) return 0;
-    if (posix_memalign((void **)&s->cnt, 64, (size_t)rows * 32 * 4)) return 0;
-    s->masks = malloc((size_t)rows * 8);
-    s->padtap = malloc((size_t)(p->Cw + 1) * 8);
-    if (!s->masks || !s->padtap) return 0;
+    const size_t sz_rows = up64((size_t)rows * p->K * 8), sz_split = up64((size_t)rows * p->K * 16);
+    const size_t sz_cnt = up64((size_t)rows * 32 * 4), sz_masks = up64((size_t)rows * 8);
+    const size_t sz_pad = up64((size_t)(p->Cw + 1) * 8);
+    char *m = arena_get(sz_rows + sz_split + sz_cnt + sz_masks + sz_pad);
+    if (!m) return 0;
+    s->rows = (uint64_t *)m;
+    s->split = (uint64_t *)(m += sz_rows);
+    s->cnt = (int32_t *)(m += sz_split);
+    s->masks = (uint64_t *)(m += sz_cnt);
+    s->padtap = (uint64_t *)(m + sz_masks);
     for (int64_t c = 0; c < p->Cw; ++c) {
         const int64_t bits = min64(64, p->C - 64 * c);
         s->padtap[c] = !p->pad_ones ? 0 : bits == 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1);
     }
     return 1;
-}
-
-static void scratch_free(scratch *s) {
-    free(s->rows); free(s->split); free(s->masks); free(s->cnt); free(s->padtap);
 }
 
 #define DEFINE_WORKER(NAME, TARGET, RUN)                                                         \
@@ -536,7 +565,6 @@ static void conv_part(void *ctx, int part) {
     const int64_t rows = job->win_per_block * job->p->pool * job->p->pool;
     if (!scratch_alloc(&s, job->p, rows)) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        scratch_free(&s);
         return;
     }
 #ifdef HTAF_X86
@@ -545,7 +573,6 @@ static void conv_part(void *ctx, int part) {
     else
 #endif
         work_generic(job, &s);
-    scratch_free(&s);
 }
 
 /* Returns 0 on success, 1 on bad arguments, 2 when out of memory. */
