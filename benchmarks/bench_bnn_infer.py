@@ -23,8 +23,8 @@ float ``F.conv2d`` of the same shape alone, and the achieved bit-ops/s against t
 popcount ceiling (``cpu_probe.py`` measures the clock; the ceiling is derived in docs/bnn.md).
 
 Times are medians of ``--repeats`` calls per backend, in three rounds in which the backends take
-turns (each a warm-up and a block of calls, after a pause that lets the previous backend's
-spinning threads go idle). Writes ``benchmarks/results/bench_bnn_infer.json``; ``--docs``
+turns (each a block of calls after a pause that lets the previous backend's spinning threads go
+idle and a 30 ms warm-up). Writes ``benchmarks/results/bench_bnn_infer.json``; ``--docs``
 rewrites the marked tables in docs/bnn.md and README.md from it.
 """
 
@@ -119,19 +119,24 @@ def randomize_bn(model: nn.Module) -> None:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
-def medians(fns: dict, repeats: int, rounds: int = 3) -> dict[str, float]:
-    """Median ms of each function: ``rounds`` passes over the functions, each a warm-up call
-    and then ``repeats / rounds`` timed calls of one function in a row. Backends take turns so
-    a change of machine load hits them alike, but never share a moment: each thread pool
-    (PyTorch's OpenMP threads, ONNX Runtime's) spins for a while after its work, and a pause
-    between blocks lets it go idle before the next backend runs."""
+def medians(fns: dict, repeats: int, rounds: int = 3, warm_s: float = 0.03) -> dict[str, float]:
+    """Median (and fastest) ms of each function: ``rounds`` passes over the functions, each a
+    warm-up of at least ``warm_s`` seconds of calls and then ``repeats / rounds`` timed calls
+    of one function in a row. Backends take turns so a change of machine load hits them
+    alike, but never share a moment: each thread pool (PyTorch's OpenMP threads, ONNX
+    Runtime's) spins for a while after its work, so a pause lets it go idle before the next
+    backend runs, and the warm-up brings caches and the clock back up after the pause (short
+    calls would otherwise be timed on a cold core)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     per_round = max(1, -(-repeats // rounds))
     with torch.no_grad():
         for _ in range(rounds):
             for k, fn in fns.items():
                 time.sleep(0.05)
+                start = time.perf_counter()
                 fn()
+                while time.perf_counter() - start < warm_s:
+                    fn()
                 for _ in range(per_round):
                     t = time.perf_counter()
                     fn()
@@ -410,11 +415,37 @@ def summary(result: dict) -> str:
     return text + f" [{result['device']}, `{result['kernel']}`]."
 
 
+def goal_table(result: dict) -> str:
+    """The issue's goals against this run."""
+    rows = {(r["threads"], r["batch"]): r for r in result["latency_median_ms"]}
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    r1 = rows.get((1, 1))
+    if r1:
+        v = r1["speedup_vs_float_pytorch"]
+        lines.append(f"| batch 1, 1 thread: packed ≥ 6× faster than float PyTorch | {v:.1f}× | "
+                     f"{'yes' if v >= 6 else 'no'} |")
+    convs = [r for r in result["layers"] if r["batch"] == 1 and r["threads"] == 1]
+    if convs:
+        low = [r["layer"] for r in convs if r["speedup"] < 8]
+        lines.append("| batch 1, 1 thread: each binary conv ≥ 8× its float twin | "
+                     + ", ".join(f"{r['layer']} {r['speedup']:.1f}×" for r in convs) + " | "
+                     + ("yes" if not low else f"no ({', '.join(low)})") + " |")
+    int8 = [(k, r["speedup_vs_ort_int8"]) for k, r in rows.items()
+            if r.get("speedup_vs_ort_int8")]
+    if int8:
+        worst = min(v for _, v in int8)
+        lines.append("| faster than ONNX Runtime int8 at every batch size and thread count | "
+                     + ", ".join(f"{t} thr × batch {b}: {v:.1f}×" for (t, b), v in int8)
+                     + f" | {'yes' if worst > 1 else 'no'} |")
+    return "\n".join(lines)
+
+
 def print_tables(result: dict) -> None:
     print(f"bnn_vgg_small on {result['device']}; kernel: {result['kernel']}")
     print(latency_table(result))
     if result["layers"]:
         print(layer_table(result))
+    print(goal_table(result))
     print(summary(result))
 
 
@@ -433,6 +464,7 @@ def write_docs(result: dict) -> None:
         f"{s['packed_state_bytes']:,} B ({s['ratio_state']:.1f}× smaller), `.htafbin` file "
         f"{s['packed_file_bytes']:,} B.", "",
         latency_table(result), "",
+        goal_table(result), "",
         "Per binary conv layer (our fused stage vs the float `F.conv2d` of the same shape; "
         f"ceiling = {c['avx2_bitops_per_cycle']:.1f} bit-ops/cycle × "
         f"{(c['clock_hz'] or 0) / 1e9:.2f} GHz × threads):", "",
