@@ -199,11 +199,12 @@ class _Stage:
 
     def _bound(self, conv: _native.BConv):
         """``conv`` with this stage's epilogue, bound once (rebound if the layer's α or bias
-        tensors were replaced)."""
+        tensors were replaced; a folded epilogue does not read them)."""
         layer = self.layer
-        key = (conv, layer.alpha, layer.bias)
+        key = (conv,) if self.fold is not None else (conv, layer.alpha, layer.bias)
         cached = getattr(self, "_cache", None)
-        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+        if cached is None or len(cached[0]) != len(key) or any(
+                a is not b for a, b in zip(cached[0], key)):
             if self.fold is not None:
                 bound = conv.bind(mode=_native.MODE_BITS, pool=self.pool, thr=self.fold[0],
                                   flip=self.fold[1])

@@ -334,8 +334,7 @@ class _Bound:
 
     def __call__(self, x: torch.Tensor, nthreads: int | None = None) -> torch.Tensor:
         c, a = self.conv, self.args
-        if (x.dtype != torch.int64 or x.dim() != 4 or x.shape[3] != c.Cw
-                or x.device.type != "cpu"):
+        if x.dtype != torch.int64 or x.dim() != 4 or x.shape[3] != c.Cw or not x.is_cpu:
             raise ValueError(f"x must be packed CPU pixels int64 [B, H, W, {c.Cw}], got "
                              f"{x.dtype} {tuple(x.shape)}")
         x = x.contiguous()
