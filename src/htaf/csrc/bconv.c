@@ -443,51 +443,67 @@ __attribute__((target("avx2,popcnt"))) static void run_task_avx2(conv_job *job, 
     const int64_t w0 = blk * job->win_per_block;
     const int64_t g0 = chunk * job->o8_per_chunk, g1 = min64(p->O8, g0 + job->o8_per_chunk);
     const __m256i vn = _mm256_set1_epi32((int32_t)p->n), zero = _mm256_setzero_si256();
-    for (int64_t o8 = g0; o8 < g1; ++o8) {
-        const int64_t o0 = 8 * o8;
-        if (o8 % 4 == 0)   /* counts of the next 32 channels for every row of the block */
-            mk_avx2(s->split, nrows, p->wsplit + (o8 / 4) * p->K * 512, p->K, s->cnt);
-        const int32_t *cnt = s->cnt + 8 * (o8 % 4);
-        const int32_t *ws = p->wsum ? p->wsum + o8 * T * 8 : NULL;
-        __m256i thr = zero, flip = zero;
-        if (p->mode == 1) {
-            thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
-            flip = _mm256_sub_epi32(zero, _mm256_loadu_si256((const __m256i *)(p->flip + o0)));
+    const __m256i ones = _mm256_set1_epi32(-1);
+    for (int64_t g = g0; g < g1; g += 4) {   /* 32 channels: 4 groups of 8 */
+        const int64_t ng = min64(4, g1 - g);
+        mk_avx2(s->split, nrows, p->wsplit + (g / 4) * p->K * 512, p->K, s->cnt);
+        const int32_t *ws = p->wsum ? p->wsum + g * T * 8 : NULL;
+        __m256i thr[4], keep[4];   /* keep = NOT flip: bit = (best >= thr) XOR flip */
+        for (int64_t q = 0; q < ng; ++q) {
+            thr[q] = keep[q] = zero;
+            if (p->mode == 1) {
+                thr[q] = _mm256_loadu_si256((const __m256i *)(p->thr + 8 * (g + q)));
+                keep[q] = _mm256_xor_si256(ones, _mm256_sub_epi32(
+                    zero, _mm256_loadu_si256((const __m256i *)(p->flip + 8 * (g + q)))));
+            }
         }
         for (int64_t wi = 0; wi < nw; ++wi) {
-            __m256i best = _mm256_set1_epi32(INT32_MIN);
+            __m256i best[4];
+            for (int q = 0; q < 4; ++q) best[q] = _mm256_set1_epi32(INT32_MIN);
             for (int64_t r = 0; r < P2; ++r) {
+                /* n - 2*count, plus the zero-padding correction of each padded tap: one pass
+                   over the row's padded taps for all 32 channels */
                 const int64_t i = wi * P2 + r;
-                const __m256i c = _mm256_loadu_si256((const __m256i *)(cnt + 32 * i));
-                __m256i d = _mm256_sub_epi32(vn, _mm256_add_epi32(c, c));
-                for (uint64_t m = p->zero_pad ? s->masks[i] : 0; m; m &= m - 1)
-                    d = _mm256_add_epi32(d, _mm256_loadu_si256(
-                        (const __m256i *)(ws + 8 * __builtin_ctzll(m))));
-                best = _mm256_max_epi32(best, d);
+                __m256i d[4];
+                for (int q = 0; q < 4; ++q) {
+                    const __m256i c = _mm256_loadu_si256((const __m256i *)(s->cnt + 32 * i + 8 * q));
+                    d[q] = _mm256_sub_epi32(vn, _mm256_add_epi32(c, c));
+                }
+                for (uint64_t m = p->zero_pad ? s->masks[i] : 0; m; m &= m - 1) {
+                    const int32_t *wt = ws + 8 * __builtin_ctzll(m);
+                    for (int64_t q = 0; q < ng; ++q)
+                        d[q] = _mm256_add_epi32(d[q], _mm256_loadu_si256(
+                            (const __m256i *)(wt + q * T * 8)));
+                }
+                for (int q = 0; q < 4; ++q) best[q] = _mm256_max_epi32(best[q], d[q]);
             }
             const int64_t w = w0 + wi;
             if (p->mode == 1) {
-                /* bit = (best >= thr) XOR flip; cmpgt gives best < thr */
-                const __m256i bit = _mm256_xor_si256(_mm256_cmpgt_epi32(thr, best),
-                                                     _mm256_xor_si256(flip, _mm256_set1_epi32(-1)));
-                ((uint8_t *)p->out)[w * p->out_bytes + o8] =
-                    (uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(bit));
+                uint8_t *out = (uint8_t *)p->out + w * p->out_bytes + g;
+                for (int64_t q = 0; q < ng; ++q) {   /* cmpgt gives best < thr */
+                    const __m256i bit = _mm256_xor_si256(_mm256_cmpgt_epi32(thr[q], best[q]),
+                                                         keep[q]);
+                    out[q] = (uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(bit));
+                }
                 continue;
             }
-            int32_t lane[8];
-            _mm256_storeu_si256((__m256i *)lane, best);
-            const int jn = (int)min64(8, p->O - o0);
-            if (p->mode == 0) {
-                float *out = (float *)p->out + ((w / HWp) * p->O + o0) * HWp + w % HWp;
-                for (int j = 0; j < jn; ++j) {
-                    float v = (float)lane[j];
-                    if (p->alpha) v = v * p->alpha[o0 + j];
-                    if (p->bias) v = v + p->bias[o0 + j];
-                    out[j * HWp] = v;
+            for (int64_t q = 0; q < ng; ++q) {
+                const int64_t o0 = 8 * (g + q);
+                int32_t lane[8];
+                _mm256_storeu_si256((__m256i *)lane, best[q]);
+                const int jn = (int)min64(8, p->O - o0);
+                if (p->mode == 0) {
+                    float *out = (float *)p->out + ((w / HWp) * p->O + o0) * HWp + w % HWp;
+                    for (int j = 0; j < jn; ++j) {
+                        float v = (float)lane[j];
+                        if (p->alpha) v = v * p->alpha[o0 + j];
+                        if (p->bias) v = v + p->bias[o0 + j];
+                        out[j * HWp] = v;
+                    }
+                } else {
+                    int32_t *out = (int32_t *)p->out + w * p->O + o0;
+                    for (int j = 0; j < jn; ++j) out[j] = lane[j];
                 }
-            } else {
-                int32_t *out = (int32_t *)p->out + w * p->O + o0;
-                for (int j = 0; j < jn; ++j) out[j] = lane[j];
             }
         }
     }
