@@ -10,9 +10,9 @@
    for true zero padding (pad_value 0) the -sum_c w[o, c, tap] that a bit-0 tap contributed is
    added back from `wsum`, so `dot` is the exact integer the float convolution computes.
 
-   Layout of the work: output pixels are processed in blocks of rows (im2col once a block),
-   output channels 8 at a time (a weight panel of 8 channels stays in L1 while the block's rows
-   stream past it), with a fused epilogue per window of `pool` x `pool` output pixels:
+   Layout of the work: output pixels are processed in blocks of 64 rows (im2col once a block),
+   output channels 32 (AVX2) or 8 at a time, the block's rows streaming past a weight panel
+   that stays in L1, with a fused epilogue per window of `pool` x `pool` output pixels:
 
      mode 0  float NCHW:  y = (float)max(dot) * alpha[o] + bias[o]   (the layer's own order)
      mode 1  packed bits: bit o of the pooled pixel = (max(dot) >= thr[o]) XOR flip[o]
