@@ -221,8 +221,10 @@ class BConv:
 
     ``bits``: bool ``[O, kh, kw, C]`` weight signs (True = +1). ``pad_value`` is what the
     padding of the binarized input holds: 0 (true zero padding, corrected exactly), +1 or −1.
-    A linear layer is a 1×1 convolution on a 1×1 image (or, after a flatten of an ``[C, h, w]``
-    map, an ``h×w`` convolution with its weights reordered to ``[O, h, w, C]``).
+    A linear layer is a 1×1 convolution on a 1×1 image (or, after a flatten of a ``[C, h, w]``
+    map, a 1×(h·w) convolution over the map's pixels taken as one row, its weights reordered
+    to ``[O, 1, h·w, C]``). Memory: the weights are kept twice, as 64-bit words for the scalar
+    kernels and split into nibbles for AVX2 (3 bytes per 8 weights and channel, at run time only).
     """
 
     def __init__(self, bits: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
