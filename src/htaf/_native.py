@@ -224,7 +224,7 @@ class BConv:
     A linear layer is a 1×1 convolution on a 1×1 image (or, after a flatten of a ``[C, h, w]``
     map, a 1×(h·w) convolution over the map's pixels taken as one row, its weights reordered
     to ``[O, 1, h·w, C]``). Memory: the weights are kept twice, as 64-bit words for the scalar
-    kernels and split into nibbles for AVX2 (3 bytes per 8 weights and channel, at run time only).
+    kernels and split into nibbles for AVX2 (3 bytes per 8 binary weights, at run time only).
     """
 
     def __init__(self, bits: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
