@@ -211,8 +211,8 @@ def test_binary_first_and_last_and_bad_arguments():
     assert len(binary_layers(m)) == 2
     with pytest.raises(ValueError, match="unknown activation|unknown surrogate"):
         create_model("bnn_mlp", activation="nope")
-    with pytest.raises(ValueError, match="divisible by 8"):
-        create_model("bnn_vgg_small", image_size=12)
+    with pytest.raises(ValueError, match="image_size >= 8"):
+        create_model("bnn_vgg_small", image_size=6)
     with pytest.raises(ValueError, match="width_mult"):
         create_model("bnn_resnet18", width_mult=0)
 

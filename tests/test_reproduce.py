@@ -13,11 +13,15 @@ QUIET = dict(say=lambda _m: None, jobs=1)
 
 
 def test_every_part_is_a_compare_config(tmp_path):
-    for name in reproduce.PARTS:
+    for name, part in reproduce.PARTS.items():
         cfg = reproduce.part_config(name, out=tmp_path, smoke=True)
         assert isinstance(cfg, CompareConfig) and len(cfg.seeds) >= 2
         full = reproduce.part_config(name, out=tmp_path, data="digits")
-        assert len(full.seeds) >= 3, name                        # ≥ 3 seeds per cell
+        if part.group != "defaults":                             # sweeps that only choose
+            assert len(full.seeds) >= 3, name                    # ≥ 3 seeds per cell
+        if part.select is not None:
+            select = reproduce.part_config(name, out=tmp_path, data="digits", stage="select")
+            assert select.name == f"{name}-select" and select.scales
     digits = reproduce.part_config("digits", out=tmp_path)
     default = CompareConfig()                                    # `htaf compare`, no arguments
     assert digits.recipe.trajectory() == default.recipe.trajectory()
@@ -76,7 +80,8 @@ def test_report_tables_and_readme_sections(tmp_path):
                       f"after\n")
     text = reproduce.write_report(results, speed, tmp_path / "results.md", readme)
     assert "| htaf | — | — | 81.00 | 81.00 ± 1.00 | +1.67 [" in text
-    assert "Not yet measured: DHN, SNN, ICBM" in text
+    assert "Not yet measured: dhn, snn, icbm — run `htaf reproduce dhn / snn / icbm` on a GPU" in text
+    assert "Not yet measured: fmnist-dhn, fmnist-dhn-cnn" in text   # the CPU evidence suite
     assert "polynomial" in text and "95 % confidence" in text   # the honest notes
     body = readme.read_text()
     assert body.startswith("# x\n\nbefore\n") and body.endswith("after\n")
@@ -117,3 +122,39 @@ def test_readme_compare_table_is_the_committed_output():
     saved = root / "docs" / "results" / "digits" / "results.json"
     res = CompareResult.from_json(json.loads(saved.read_text())) if saved.exists() else None
     assert block.strip() == reproduce._compare_section(res).strip()
+
+
+def test_speed_rows_read_the_bnn_benchmark_layout():
+    rec = {"sizes": {"packed_state_bytes": 10, "float_state_dict_bytes": 200, "ratio_state": 20.0},
+           "latency_median_ms": [{"threads": 1, "batch": 1, "packed_ms": 2.0,
+                                  "float_pytorch_ms": 16.0, "ort_fp32_ms": 12.0,
+                                  "ort_int8_ms": 8.0}]}
+    rows = dict(reproduce._speed_rows("bench_bnn_infer.json", rec))
+    assert rows["model size: packed vs float"].endswith("(20.0× smaller)")
+    assert rows["CPU latency, batch 1, 1 thread(s), packed"] == (
+        "2.00 ms; float PyTorch 16.00 ms (8.0×), ORT fp32 12.00 ms (6.0×), ORT int8 8.00 ms (4.0×)")
+
+
+def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path):
+    """Each Fashion-MNIST part end to end (tiny models on digits): the selection stage writes its
+    own folder and the part's runs carry what it chose (scales on validation)."""
+    for name, part in reproduce.PARTS.items():
+        if part.group != "fmnist":
+            continue
+        res = reproduce.run_part(name, out=tmp_path, smoke=True, seeds=(0,), **QUIET)
+        assert all(0.0 <= r["hard_val_acc"] <= 1.0 for r in res.rows), name
+        if part.select is not None:
+            assert (tmp_path / f"{name}-select" / "results.json").exists()
+            assert set(res.config["act_params"]) == set(part.config["activations"])
+        assert (tmp_path / name / "report.md").exists()
+
+
+def test_selected_params_are_each_activations_best_on_validation():
+    runs = []
+    for params, accs in ((("alpha", 1.0),), (0.7, 0.9)), ((("alpha", 4.0),), (0.8, 0.1)):
+        v = Variant(activation="atan", params=params)
+        runs.append({"variant": v, "seed": 0, "time": 1.0, "history": [],
+                     "metrics": {"hard_val_acc": accs[0], "hard_test_acc": accs[1]}})
+    cfg = reproduce.part_config("digits", out=Path("unused")).to_dict()
+    res = CompareResult(cfg, runs, dataset="digits", device="cpu")
+    assert reproduce.selected_params(res) == {"atan": {"alpha": 4.0}}   # validation, not test

@@ -5,7 +5,9 @@ compiler into shared libraries and loaded with :mod:`ctypes`.
 (callers then fall back to PyTorch or NumPy). The library is cached under
 ``$HTAF_CACHE/native`` (default ``~/.cache/htaf/native``) in a file named by a hash of the source,
 the flags, the compiler's version and this CPU's model and instruction-set flags: ``-march=native``
-code built on one CPU is never loaded on another, and editing a source rebuilds it. Builds are
+code built on one CPU is never loaded on another, and editing a source rebuilds it. A library that
+picks its instruction set at run time (``march_native=False``) is built for the baseline of the
+architecture instead, so its portable fallback really is portable. Builds are
 written to a temporary file and renamed into place, so concurrent processes (pytest-xdist workers,
 DDP ranks) never load a half-written library. ``HTAF_NO_NATIVE=1`` disables native code.
 """
@@ -71,12 +73,13 @@ def _version(cc: str) -> str:
 
 
 def load_library(name: str, source: str, *, extra_flags: tuple[str, ...] = (),
-                 libraries: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+                 libraries: tuple[str, ...] = (), march_native: bool = True) -> ctypes.CDLL | None:
     """Build ``source`` (C) into ``lib<name>.so`` once per machine, load and return it.
 
     ``extra_flags`` are added to the compiler's command (e.g. ``("-fopenmp",)``), ``libraries``
-    are linked (``("m",)`` → ``-lm``). Returns None, and records the reason for
-    :func:`build_error`, when native code is disabled or no compiler produces the library.
+    are linked (``("m",)`` → ``-lm``). ``march_native=False`` omits ``-march=native`` (for
+    sources that dispatch on the CPU's flags themselves). Returns None, and records the reason
+    for :func:`build_error`, when native code is disabled or no compiler produces the library.
     """
     with _lock:
         if name in _loaded:
@@ -87,16 +90,17 @@ def load_library(name: str, source: str, *, extra_flags: tuple[str, ...] = (),
         elif (cc := _compiler()) is None:
             _errors[name] = "no C compiler found (set CC, or install gcc or clang)"
         else:
-            lib = _build_and_load(name, source, cc, extra_flags, libraries)
+            flag_sets = _FLAG_SETS if march_native else _FLAG_SETS[-1:]
+            lib = _build_and_load(name, source, cc, extra_flags, libraries, flag_sets)
         _loaded[name] = lib
         return lib
 
 
-def _build_and_load(name, source, cc, extra_flags, libraries) -> ctypes.CDLL | None:
+def _build_and_load(name, source, cc, extra_flags, libraries, flag_sets) -> ctypes.CDLL | None:
     folder = cache_folder()
     link = [f"-l{lib}" for lib in libraries]
     errors = []
-    for flags in _FLAG_SETS:
+    for flags in flag_sets:
         cmd_flags = (*flags, *extra_flags, "-shared", "-fPIC")
         key = hashlib.sha256("\0".join(
             [source, " ".join(cmd_flags + tuple(link)), _version(cc), _machine_id()]).encode())

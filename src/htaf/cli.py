@@ -341,10 +341,15 @@ def _run_export(args) -> int:
 
     r = export_run(args.run_dir, args.out, onnx=args.onnx, word_bits=args.word_bits,
                    check=not args.no_check)
+    if "backend" in r:
+        print(f"packed backend: {r['backend']}")
     if "verify" in r:
         v = r["verify"]
         print(f"verified on {v['n']} test images: argmax agree {v['argmax_agree']}/{v['n']}, "
               f"max |logit diff| {v['max_abs_logit_diff']:.3g}")
+        if "packed_accuracy" in v:
+            print(f"test accuracy: packed {100 * v['packed_accuracy']:.2f}%, hard model "
+                  f"{100 * v['hard_accuracy']:.2f}%")
     if "out" in r:
         ratio = r["float_bytes"] / max(1, r["packed_bytes"])
         print(f"wrote {r['out']}: {r['packed_bytes']:,} bytes "

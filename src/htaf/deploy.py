@@ -6,20 +6,25 @@ r"""Deployment of binary networks: a packed-bit inference model and ONNX export.
     dot(x_b, w_b) = n − 2·popcount(a ⊕ w) = 2·popcount(¬(a ⊕ w)) − n
 
 on bit-packed words (bit 1 = +1, bit 0 = −1; 64 or 32 bits a word, int64/int32 tensors), exactly,
-with integer ops only. Convolutions pack the channels of each pixel, gather the k×k taps of the
-packed words (im2col on words, 32–64× less memory than on floats), and run the same packed
-matmul. True zero padding (``pad_value=0``) is corrected exactly: a padded tap contributes
-−Σ_c w_b instead of 0, which a per-(position, channel) integer correction removes.
+with integer ops only. Backends (``backend=``): ``"c"``, the kernel of :mod:`htaf._native`
+(compiled once per machine; AVX2, ``popcnt`` or portable microkernels chosen at run time;
+threads), the CPU default; ``"numpy"`` (``np.bitwise_count``), the fallback without a compiler;
+``"torch"`` (SWAR bit trick, any device). True zero padding (``pad_value=0``) is corrected
+exactly: a padded tap contributes −Σ_c w_b instead of 0, which an integer correction removes.
 
-The integer result is converted to float and goes through ``· α + b`` in the same order as the
-layer's own forward, so the packed model's output equals the hard PyTorch model's bit for bit;
-every other module (BatchNorm, pooling, the full-precision first/last layers, real shortcuts,
-RPReLU…) is kept as is, in eval mode. Binary layers with a real-valued input (``input_quantizer=None``)
-store their weights packed and unpack them once per call; layers with real weights are kept.
+The integer result goes through ``· α + b`` in the same float order as the layer's own forward,
+so the packed model's output equals the hard PyTorch model's bit for bit. Every other module
+(BatchNorm, pooling, the full-precision first/last layers, real shortcuts, RPReLU…) is kept as
+is, in eval mode; with the C backend a sequential model runs a fused plan (:mod:`htaf._fused`)
+in which max-pooling and BatchNorm + sign become part of each binary layer's epilogue and
+binary layers pass packed bits to each other, still bit for bit. Binary layers with a
+real-valued input (``input_quantizer=None``) store their weights packed and unpack them once
+per call; layers with real weights are kept.
 
 File format (``.htafbin``): one ``torch.save`` of a dict of plain tensors and strings
 (``format``, ``version``, ``word_bits``, ``arch`` = ``{"model": name, "model_kwargs": {...}}``,
-``state_dict``), loadable with ``weights_only=True``; written atomically.
+``state_dict``), loadable with ``weights_only=True``; written atomically, with the mode a new
+file gets (0666 minus the umask).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
-from . import _native
+from . import _fused, _native
 from ._checks import check_choice
 from .nn.activation import set_mode
 from .nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
@@ -122,10 +127,11 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 def packed_mismatches(a: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """popcount(a ⊕ w) summed over words: ``a [M, W]``, ``w [O, W]`` → int32 ``[M, O]``.
 
-    ``backend``: ``"c"`` (a fused XOR-popcount loop in C, compiled on first use, CPU; see
-    :mod:`htaf._native`), ``"numpy"`` (hardware popcount via ``np.bitwise_count``, CPU),
-    ``"torch"`` (SWAR popcount on tensors, any device), ``"auto"`` (on the CPU the first of c,
-    numpy, torch that works; torch elsewhere). All give the same integers.
+    ``backend``: ``"c"`` (a fused XOR-popcount loop in C, see :mod:`htaf._native`; CPU),
+    ``"numpy"`` (hardware popcount via ``np.bitwise_count``, CPU), ``"torch"`` (SWAR popcount on
+    tensors, any device), ``"auto"`` (on the CPU the first of c, numpy, torch that works; torch
+    elsewhere). All give the same integers. (Convolutions and linear layers use the C
+    kernel's own convolution; this is the general path, e.g. for grouped convolutions.)
 
     The NumPy path puts the words axis first so the sum over it adds contiguous ``[rows, O]``
     planes, and processes rows in chunks whose ``[W, rows, O]`` XOR block stays in cache.
@@ -168,6 +174,17 @@ def _finish(y: torch.Tensor, alpha, bias, channel_dim: int) -> torch.Tensor:
     return y
 
 
+def _float_epilogue(layer, conv: _native.BConv):
+    """``conv`` bound to write ``dot · α + b`` with ``layer``'s α and bias (cached on the layer,
+    rebound when those tensors are replaced)."""
+    key = (conv, layer.alpha, layer.bias)
+    cached = layer.__dict__.get("_bound_float")
+    if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+        cached = (key, conv.bind(alpha=layer.alpha, bias=layer.bias))
+        layer.__dict__["_bound_float"] = cached
+    return cached[1]
+
+
 class _PackedBase(nn.Module):
     def _store(self, layer: BinaryLayer, weight_bits: torch.Tensor) -> None:
         self.binary_input = layer.binary_input
@@ -189,14 +206,36 @@ class PackedLinear(_PackedBase):
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.word_bits, self.backend = word_bits, backend
         self._store(layer, pack_bits(layer.weight.detach() >= 0, word_bits))
+        self._native_cache: dict = {}
 
     def signed_weight(self, dtype) -> torch.Tensor:
         return unpack_bits(self.weight_bits, self.in_features).to(dtype) * 2 - 1
+
+    def native_conv(self, channels: int | None = None) -> _native.BConv:
+        """The C kernel's weights (built once): a 1×1 convolution over ``in_features`` channels,
+        or, for the packed output of a ``[channels, h, w]`` map flattened into this layer, a
+        1×(h·w) convolution over ``channels`` with the weights reordered to ``(h, w, c)``."""
+        key = channels or self.in_features
+        conv = self._native_cache.get(key)
+        if conv is None:
+            bits = unpack_bits(self.weight_bits, self.in_features)  # [O, in], (c, h, w) order
+            O, hw = self.out_features, self.in_features // key
+            conv = _native.BConv(bits.view(O, key, hw).transpose(1, 2).reshape(O, 1, hw, key))
+            self._native_cache[key] = conv
+        return conv
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._native_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binary_input:
             return _finish(TF.linear(x, self.signed_weight(x.dtype)), self.alpha, self.bias, -1)
         lead = x.shape[:-1]
+        if _resolve_backend(self.backend, x.device) == "c" and x.dtype == torch.float32:
+            bits = _native.pack_nchw(x.reshape(-1, self.in_features))  # [N, 1, 1, Cw]
+            y = _float_epilogue(self, self.native_conv())(bits)       # [N, O, 1, 1]
+            return y.reshape(*lead, self.out_features)
         a = pack_bits(x.reshape(-1, self.in_features) >= 0, self.word_bits)
         mism = packed_mismatches(a, self.weight_bits, self.backend)  # a fresh tensor
         dot = mism.mul_(-2).add_(self.in_features)
@@ -219,6 +258,31 @@ class PackedConv2d(_PackedBase):
         bits = pack_bits(w.permute(0, 2, 3, 1) >= 0, word_bits)  # [O, kh, kw, Wg]
         self._store(layer, bits.reshape(g, O // g, -1))
         self._correction_cache: dict = {}
+        self._native: _native.BConv | None = None
+
+    def native_ok(self, x: torch.Tensor) -> bool:
+        """Whether the C kernel runs this layer for ``x`` (binary float32 input, no groups)."""
+        return (self.binary_input and self.groups == 1 and x.dtype == torch.float32
+                and x.dim() == 4 and _resolve_backend(self.backend, x.device) == "c")
+
+    def native_conv(self) -> _native.BConv:
+        """The C kernel's weights, built once. Padding modes other than zeros pad the float
+        input before it is packed (:meth:`native_input`), so the kernel sees no padding."""
+        if self._native is None:
+            O, kh, kw = self.out_channels, *self.kernel_size
+            bits = unpack_bits(self.weight_bits.reshape(O, kh, kw, -1), self.in_channels)
+            zeros = self.padding_mode == "zeros"
+            self._native = _native.BConv(bits, stride=self.stride, dilation=self.dilation,
+                                         padding=self.padding if zeros else (0, 0),
+                                         pad_value=self.pad_value if zeros else 0.0)
+        return self._native
+
+    def native_input(self, x: torch.Tensor) -> torch.Tensor:
+        """sign(x) packed per pixel for :meth:`native_conv` (float32 NCHW → int64 NHWC words)."""
+        ph, pw = self.padding
+        if self.padding_mode != "zeros" and (ph or pw):
+            x = TF.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
+        return _native.pack_nchw(x)
 
     def _signed_weight(self, dtype) -> torch.Tensor:
         O, Cg = self.out_channels, self.in_channels // self.groups
@@ -254,6 +318,9 @@ class PackedConv2d(_PackedBase):
             y = TF.conv2d(x, self._signed_weight(x.dtype), None, self.stride, padding,
                           self.dilation, self.groups)
             return _finish(y, self.alpha, self.bias, 1)
+        if self.native_ok(x):
+            # one C call packs sign(x), another convolves and writes dot · α + b as NCHW float32
+            return _float_epilogue(self, self.native_conv())(self.native_input(x))
         bits = x >= 0  # [B, C, H, W]
         if ph or pw:
             if self.padding_mode != "zeros":
@@ -274,14 +341,6 @@ class PackedConv2d(_PackedBase):
         n = Cg * kh * kw
         corr = self._correction(hp, wp, x.device) if self._zero_pad() else None  # [ho·wo, O]
         backend = _resolve_backend(self.backend, x.device)
-        if backend == "c" and g == 1 and x.dtype == torch.float32:
-            # one fused pass: XOR-popcount, n − 2·mismatches + correction, float32 NCHW
-            y = torch.empty(B, self.out_channels, ho, wo)
-            _native.xnor_conv_nchw(patches.reshape(B * ho * wo, -1).numpy(),
-                                   self.weight_bits[0].numpy(), n,
-                                   None if corr is None else corr.numpy(),
-                                   y.numpy().reshape(B, self.out_channels, ho * wo))
-            return _finish(y, self.alpha, self.bias, 1)
         outs = []
         for gi in range(g):
             p = patches[:, :, :, gi].reshape(B * ho * wo, -1)
@@ -298,11 +357,24 @@ class PackedConv2d(_PackedBase):
         return _finish(y, self.alpha, self.bias, 1)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._correction_cache = {}
+        self._correction_cache, self._native = {}, None
         super()._load_from_state_dict(*args, **kwargs)
 
 
 # -- the model -----------------------------------------------------------------------------------
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
 def state_nbytes(module: nn.Module) -> int:
     """Bytes of every tensor in ``module.state_dict()`` (parameters and buffers)."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
@@ -327,6 +399,12 @@ class PackedModel(nn.Module):
 
     Build with :func:`pack_model`; ``save(path)`` / ``PackedModel.load(path)`` for one file.
     ``nbytes()`` is the size of what is stored (packed words, α, biases, BN, real layers).
+
+    With the C backend on float32 CPU inputs, a sequential model runs a fused plan
+    (:mod:`htaf._fused`): consecutive binary layers pass packed bits to each other, max-pooling
+    and BatchNorm + sign folded into each layer's epilogue. The plan is built at the first such
+    forward from the current BatchNorm statistics; :meth:`reset_plan` after changing them in
+    place (``load_state_dict``, ``set_backend``, ``train``/``eval`` and ``.to`` reset it).
     """
 
     def __init__(self, module: nn.Module, *, word_bits: int = 64, arch: dict | None = None):
@@ -334,18 +412,74 @@ class PackedModel(nn.Module):
         self.module = module
         self.word_bits = word_bits
         self.arch = copy.deepcopy(arch)
+        self.reset_plan()
+        self.train(False)  # inference only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            plan = self.fused_plan(x)
+            if plan is not None:
+                try:
+                    return plan(x)
+                except _fused.Unfusable:   # e.g. an unbatched image: module by module
+                    pass
             return self.module(x)
+
+    def packed_layers(self) -> list[PackedLinear | PackedConv2d]:
+        return [m for m in self.module.modules() if isinstance(m, (PackedLinear, PackedConv2d))]
+
+    def fused_plan(self, x: torch.Tensor | None = None) -> _fused.Plan | None:
+        """The fused plan used for inputs like ``x`` (float32 on the CPU), or None when the model
+        runs module by module (another backend, dtype or device, or a non-sequential model)."""
+        if x is not None and (x.dtype != torch.float32 or x.device.type != "cpu"):
+            return None
+        if self.training:
+            return None
+        if self._layers is None:
+            self._layers = self.packed_layers()
+        cpu = torch.device("cpu")
+        if any(_resolve_backend(m.backend, cpu) != "c" for m in self._layers):
+            return None
+        if not self._plan_built:
+            self._plan, self._plan_built = _fused.build_plan(self.module), True
+        return self._plan
+
+    def reset_plan(self) -> None:
+        """Forget the fused plan (rebuilt at the next forward)."""
+        self._plan, self._plan_built, self._layers = None, False, None
+
+    def backend_info(self) -> str:
+        """Which kernel runs the binary layers, for users: C (which microkernel, threads) or the
+        NumPy/PyTorch fallback, and whether the fused plan is used."""
+        backends = {_resolve_backend(m.backend, torch.device("cpu")) for m in self.packed_layers()}
+        if backends != {"c"}:
+            if "numpy" in backends and not _native.available():
+                return _native.describe()
+            return f"{'/'.join(sorted(backends))} backend (per layer, no fused plan)"
+        plan = self.fused_plan()
+        how = "fused plan: packed bits between binary layers" if plan is not None and any(
+            s.fold is not None for s in plan.stages) else "per layer"
+        return f"{_native.describe()}; {how}"
 
     def set_backend(self, backend: str) -> PackedModel:
         """``"auto"``, ``"c"``, ``"numpy"`` or ``"torch"`` popcount for every packed layer."""
         check_choice("backend", backend, BACKENDS)
-        for m in self.module.modules():
-            if isinstance(m, (PackedLinear, PackedConv2d)):
-                m.backend = backend
+        for m in self.packed_layers():
+            m.backend = backend
+        self.reset_plan()
         return self
+
+    def train(self, mode: bool = True) -> PackedModel:
+        self.reset_plan()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.reset_plan()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.reset_plan()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def nbytes(self) -> int:
         return state_nbytes(self.module)
@@ -361,6 +495,8 @@ class PackedModel(nn.Module):
                    "arch": self.arch, "state_dict": self.module.state_dict()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600; give it the mode open() would (0666 minus the umask)
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 torch.save(payload, f)
             os.replace(tmp, path)
@@ -430,14 +566,20 @@ def hard_model(model: nn.Module) -> nn.Module:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
                 opset: int = 17, check: bool = True) -> dict:
-    """Export the hard model to ONNX (exact sign written as ``Where(x >= 0, 1, −1)``), check it
-    with ``onnx.checker`` and, if ``onnxruntime`` is installed, compare its output with PyTorch's.
+    """Export any model in hard mode to ONNX, check it with ``onnx.checker`` and, if
+    ``onnxruntime`` is installed, compare its output with PyTorch's.
 
-    Returns ``{"path", "onnxruntime": bool, "max_abs_diff", "argmax_equal"}``.
+    Binary activations export exactly: a BNN's sign as ``Where(x >= 0, 1, −1)``, a Heaviside
+    step (DHN, ICBM concepts, spikes) as ``Where(IsNaN(x), x, Where(x >= 0, 1, 0))``; real and
+    binary weights are constants. The comparison runs ONNX Runtime without graph
+    optimizations (what the graph computes): its default optimizations fold BatchNorm and the
+    α scale into conv weights, which rounds differently and can flip a sign whose input is
+    exactly 0. Returns ``{"path", "onnxruntime": bool, "max_abs_diff", "argmax_equal"}``.
     """
     import warnings
 
-    m = hard_model(model)
+    _register_onnx_symbolics(opset)
+    m = _without_extra_state(hard_model(model))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = example.detach().cpu()
@@ -456,12 +598,49 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             import onnxruntime as ort
         except ImportError:
             return info
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        # op by op: ORT's graph optimizations fold BatchNorm and the α scale into the conv
+        # weights, which rounds differently and can flip a sign whose input is exactly 0
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         got = torch.from_numpy(sess.run(None, {"input": example.numpy()})[0])
         info.update(onnxruntime=True, max_abs_diff=float((got - expected).abs().max()),
                     argmax_equal=bool((got.argmax(-1) == expected.argmax(-1)).all()))
     return info
 
+
+_ONNX_REGISTERED: set[int] = set()
+
+
+def _register_onnx_symbolics(opset: int) -> None:
+    """ONNX for the ``htaf::step`` custom op (the exact step/sign of hard mode)."""
+    if opset in _ONNX_REGISTERED:
+        return
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    def step(g, x, signed):
+        signed = sh._parse_arg(signed, "b")
+        const = lambda v: g.op("CastLike", g.op("Constant", value_t=torch.tensor(v)), x)
+        on = g.op("GreaterOrEqual", x, const(0.0))
+        y = g.op("Where", on, const(1.0), const(-1.0 if signed else 0.0))
+        return g.op("Where", g.op("IsNaN", x), x, y)
+
+    register_custom_op_symbolic("htaf::step", step, opset)
+    _ONNX_REGISTERED.add(opset)
+
+
+def _without_extra_state(model: nn.Module) -> nn.Module:
+    """``model`` (a private copy) with its modules' ``get_extra_state`` hidden: the TorchScript
+    exporter puts every state_dict entry through ``.detach()``, and extra state (an ICBM's
+    annealed HTAF parameters, a dict) has none. The state only matters for reloading."""
+    for m in model.modules():
+        cls = type(m)
+        if getattr(cls, "get_extra_state", nn.Module.get_extra_state) is not \
+                nn.Module.get_extra_state:
+            m.__class__ = type(cls.__name__, (cls,), {"get_extra_state":
+                                                      nn.Module.get_extra_state})
+    return model
 
 
 # -- from a run folder (the `htaf export` command) ------------------------------------------------
@@ -476,24 +655,47 @@ def training_steps(checkpoint: dict) -> int:
     return max(found, default=0)
 
 
-def eval_batches(dataset, batch_size: int = 512):
-    """The dataset's test images, normalized as the engine feeds them, NCHW-contiguous."""
-    for x, _ in dataset.batches("test", batch_size, shuffle=False, augment=False):
-        yield x.contiguous()
+def eval_batches(dataset, batch_size: int = 512, *, labels: bool = False):
+    """The dataset's test images, normalized as the engine feeds them, NCHW-contiguous (with
+    ``labels=True``, ``(images, labels)`` pairs)."""
+    for x, y in dataset.batches("test", batch_size, shuffle=False, augment=False):
+        yield (x.contiguous(), y) if labels else x.contiguous()
 
 
 def verify(packed: PackedModel, model: nn.Module, batches) -> dict:
-    """Compare the packed model with the hard PyTorch model on an iterable of input batches:
-    argmax agreement and the largest logit difference (0.0 when bit-exact)."""
+    """Compare the packed model with the hard PyTorch model on an iterable of input batches
+    (or ``(inputs, labels)`` pairs): argmax agreement, the largest logit difference (0.0 when
+    bit-exact) and, given labels, both models' accuracy."""
     hard = hard_model(model)
-    agree, diff, n = 0, 0.0, 0
+    agree, diff, n, right_hard, right_packed, labelled = 0, 0.0, 0, 0, 0, False
     with torch.no_grad():
-        for x in batches:
+        for batch in batches:
+            x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
             a, b = hard(x), packed(x)
             n += len(x)
             agree += int((a.argmax(-1) == b.argmax(-1)).sum())
             diff = max(diff, float((a - b).abs().max()) if len(a) else 0.0)
-    return {"n": n, "argmax_agree": agree, "max_abs_logit_diff": diff}
+            if y is not None:
+                labelled = True
+                right_hard += int((a.argmax(-1) == y).sum())
+                right_packed += int((b.argmax(-1) == y).sum())
+    report = {"n": n, "argmax_agree": agree, "max_abs_logit_diff": diff}
+    if labelled:
+        report.update(hard_accuracy=right_hard / max(1, n), packed_accuracy=right_packed / max(1, n))
+    return report
+
+
+def _nothing_to_pack(model: nn.Module) -> str:
+    """Why ``model`` has nothing to pack, for the error message."""
+    from .nn.activation import BinaryActivation
+
+    if any(isinstance(m, BinaryActivation) for m in model.modules()):
+        return ("this model has binary (0/1 or ±1) activations but real-valued weights (a DHN, "
+                "an ICBM's concept layer, a spiking net): there are no binary weights to pack "
+                "into bits, so the packed XNOR-popcount format does not apply. Export it with "
+                "--onnx instead (the hard model, exact steps, real weights)")
+    return ("model has no binary layers with binary weights to pack (a full-precision model, "
+            "e.g. the activation='relu' ceiling); export it with --onnx instead")
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -501,10 +703,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                check: bool = True) -> dict:
     """Pack a trained run's model to ``out`` (and/or export it to ONNX), verifying on the test set.
 
-    The run is rebuilt with ``htaf.engine.load_run``. Raises ``FileNotFoundError`` for a missing
-    run/checkpoint, ``ValueError`` for a checkpoint that records no training step (see
-    :func:`training_steps`), for a model without binary layers, or if the packed predictions
-    differ from the hard model's on the test set.
+    The run is rebuilt with ``htaf.engine.load_run``. ``out`` needs a BNN (binary weights); ONNX
+    works for any model (exported in hard mode). The report has ``backend`` (which kernel runs
+    the packed model) and ``verify`` (argmax agreement, logit difference, test accuracy of the
+    packed and the hard model). Raises ``FileNotFoundError`` for a missing run/checkpoint,
+    ``ValueError`` for a checkpoint that records no training step (see
+    :func:`training_steps`), for ``out`` on a model without binary weights (saying why), or if
+    the packed predictions differ from the hard model's on the test set.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -524,9 +729,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
             "model_kwargs": {**dataset.model_kwargs(), **dict(config.model_kwargs)}}
     report: dict = {"run": str(run_dir), "model": arch["model"]}
     if out is not None:
+        if not any(layer.binary_weight for _, layer in binary_layers(model)):
+            raise ValueError(_nothing_to_pack(model))
         packed = pack_model(model, word_bits=word_bits, arch=arch)
+        report["backend"] = packed.backend_info()
         if check:
-            report["verify"] = v = verify(packed, model, eval_batches(dataset))
+            report["verify"] = v = verify(packed, model, eval_batches(dataset, labels=True))
             if v["argmax_agree"] != v["n"]:
                 raise ValueError(f"packed model disagrees with the hard model on "
                                  f"{v['n'] - v['argmax_agree']} of {v['n']} test images")
@@ -534,9 +742,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         report.update(out=str(path), packed_bytes=path.stat().st_size,
                       float_bytes=state_nbytes(model), packed_state_bytes=packed.nbytes())
     if onnx is not None:
-        if not binary_layers(model):
-            raise ValueError("model has no binary layers; export the float model with "
-                             "torch.onnx.export directly")
         example = next(iter(eval_batches(dataset, 8)))
         report["onnx"] = export_onnx(model, onnx, example, check=check)
     return report

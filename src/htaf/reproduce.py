@@ -54,7 +54,12 @@ class Part:
     config: dict
     smoke: dict = field(default_factory=dict)
     baseline_note: str = ""
-    gpu: bool = True
+    group: str = "cifar10"
+    """Where the part's numbers go: ``"fmnist"`` (the CPU evidence suite), ``"digits"`` (the
+    `htaf compare` default), ``"defaults"`` (sweeps behind a default: selection only, one or two
+    seeds) or ``"cifar10"`` (a GPU part)."""
+    smoke_models: dict | None = None
+    """The tiny version's options for the ``models`` of the line-up (default: ``smoke``)."""
     select: dict | None = None
     """A selection stage run first (its comparison is ``<part>-select``): these overrides of
     ``config`` (e.g. one depth, fewer seeds, a scale sweep); each activation's best setting on
@@ -76,7 +81,7 @@ _FM_SELECT = {"seeds": [0], "scales": [0.5, 2.0]}
 PARTS: dict[str, Part] = {
     "digits": Part(
         "Deep Heaviside MLP on digits: `htaf compare` with no arguments",
-        {}, gpu=False,
+        {}, group="digits",
         baseline_note="the common surrogates at their libraries' default scales"),
     # ---- evidence behind the defaults (validation only)
     "compare-defaults": Part(
@@ -86,7 +91,7 @@ PARTS: dict[str, Part] = {
                     "schedule": "onecycle", "anneal_gamma": None},
          "activations": ["htaf", "htaf_st", "ste", "atan", "sigmoid", "relu"], "seeds": [0],
          "grid": {"lr": [1e-3, 3e-3, 1e-2]}},
-        smoke={"depth": 3, "width": 16}, gpu=False,
+        smoke={"depth": 3, "width": 16}, group="defaults",
         baseline_note="the lr of every activation chosen on validation"),
     "train-defaults": Part(
         "The recipe of `htaf train`: every family's default model on digits, optimizer × lr",
@@ -96,7 +101,7 @@ PARTS: dict[str, Part] = {
          "models": [{"model": m, "role": "htaf"} for m in (
              "dhn_mlp", "dhn_cnn", "bnn_mlp", "snn_mlp", "icbm_cnn")],
          "grid": {"optimizer": ["sgd", "adamw"], "lr": [1e-3, 3e-3, 1e-2, 5e-2]}},
-        smoke={}, gpu=False,
+        smoke={}, group="defaults",
         baseline_note="each model at its own best optimizer and lr on validation"),
     # ---- Fashion-MNIST on the CPU: the evidence suite
     "fmnist-dhn": Part(
@@ -106,7 +111,7 @@ PARTS: dict[str, Part] = {
          "activations": ["htaf", "htaf_st", "ste", "atan", "sigmoid", "relu"], "seeds": _SEEDS,
          "depths": [4, 16, 32]},
         select={**_FM_SELECT, "depths": [16]},
-        smoke={"width": 16}, gpu=False,
+        smoke={"width": 16}, group="fmnist",
         baseline_note="clipped STE, atan (snnTorch's default) and sigmoid (SpikingJelly's), each "
                       "at its best scale on validation (chosen at depth 16, one seed)"),
     "fmnist-dhn-cnn": Part(
@@ -114,7 +119,7 @@ PARTS: dict[str, Part] = {
         {"recipe": {**_FM_RECIPE, "model": "dhn_cnn",
                     "model_kwargs": {"depth": 4, "width_mult": 0.125}},
          "activations": ["htaf", "htaf_st", "ste", "sigmoid", "relu"], "seeds": _SEEDS},
-        select=_FM_SELECT, smoke={"width_mult": 1 / 16}, gpu=False,
+        select=_FM_SELECT, smoke={"width_mult": 1 / 16}, group="fmnist",
         baseline_note="clipped STE and sigmoid-4 (the strongest CNN baselines of the probes), "
                       "each at its best scale on validation; smooth HTAF's γ annealed 1 → 30"),
     "fmnist-snn": Part(
@@ -123,7 +128,7 @@ PARTS: dict[str, Part] = {
         {"recipe": {**_FM_RECIPE, "model": "snn_csnn",
                     "model_kwargs": {"width": 8, "hidden": 128, "T": 4}},
          "activations": ["htaf_st", "sigmoid", "atan", "relu"], "seeds": _SEEDS},
-        select=_FM_SELECT, smoke={"width": 4, "hidden": 16}, gpu=False,
+        select=_FM_SELECT, smoke={"width": 4, "hidden": 16}, group="fmnist",
         baseline_note="SpikingJelly's default (sigmoid-4) and snnTorch's (atan-2), each at its "
                       "best scale on validation"),
     "fmnist-bnn": Part(
@@ -136,7 +141,8 @@ PARTS: dict[str, Part] = {
                      "model_kwargs": {"width_mult": 0.0625, "activation": a},
                      "role": "htaf" if a == "htaf_st" else "ceiling" if a == "relu" else
                      "baseline"} for a in ("htaf_st", "approx_sign", "ste", "relu")]},
-        select={**_FM_SELECT, "models": []}, smoke={"hidden": [16]}, gpu=False,
+        select={**_FM_SELECT, "models": []}, smoke={"hidden": [16]}, smoke_models={},
+        group="fmnist",
         baseline_note="Larq's ste_sign, Bi-Real's approx_sign and BNN+'s swish_sign, each at its "
                       "best scale on validation (the binary CNN at the libraries' defaults)"),
     "fmnist-icbm": Part(
@@ -149,7 +155,7 @@ PARTS: dict[str, Part] = {
                     {"label": "standard CNN", "model": "std_cnn",
                      "model_kwargs": {"width": 16}, "role": "ceiling"}],
          "grid": {"anneal_gamma": [None, [1.0, 30.0]]}},
-        smoke={}, gpu=False,
+        smoke={}, group="fmnist",
         baseline_note="the same backbone with a linear head on continuous features; γ fixed or "
                       "annealed 1 → 30, chosen on validation"),
     "dhn": Part(
@@ -227,7 +233,8 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
         recipe.update(data="digits", epochs=1)
         recipe["model_kwargs"] = {**recipe.get("model_kwargs", {}), **part.smoke}
         for m in d.get("models", []):
-            m["model_kwargs"] = {**m.get("model_kwargs", {}), **part.smoke}
+            m["model_kwargs"] = {**m.get("model_kwargs", {}),
+                                 **(part.smoke if part.smoke_models is None else part.smoke_models)}
         d.update(seeds=[0, 1], scales=[])
     for key, value in (("data", data), ("epochs", epochs)):
         if value is not None:
@@ -349,33 +356,61 @@ _DEFINITION = ("HTAF as used here: HTAF(x) = σ(α·x + β·tanh(γ·x)) with α
                "reported.")
 
 
+_GROUPS = {"fmnist": "Fashion-MNIST on the CPU (the evidence suite)",
+           "digits": "`htaf compare` with no arguments (digits, CPU)",
+           "cifar10": "CIFAR-10 on one GPU",
+           "defaults": "Evidence behind the defaults (validation only)"}
+
+
 def _accuracy_section(parts: dict, compact: bool = False) -> list[str]:
-    lines = ["## Accuracy" if not compact else "### Accuracy (CIFAR-10)", ""]
-    shown = {k: v for k, v in parts.items() if v is not None and (not compact or PARTS[k].gpu)}
-    missing = [k for k, v in parts.items() if v is None and (not compact or PARTS[k].gpu)]
-    for key, res in shown.items():
-        lines += [f"#### {key.upper()}: {PARTS[key].title}" if compact
-                  else f"### {key}: {PARTS[key].title}", ""]
-        if not compact:
-            lines += [res.setup(), "", f"Baselines: {PARTS[key].baseline_note}.", ""]
-        lines += [res.table(), "", res.headline(), ""]
-        if not compact:
-            lines += [f"Full report: [results/{key}/report.md](results/{key}/report.md).", ""]
-    if missing:
-        cmds = " / ".join(missing)
-        where = ("see [docs/results.md](docs/results.md) for the commands" if compact
-                 else "commands below; docs/gpu_runbook.md for a device session")
-        lines += [f"Not yet measured: {', '.join(m.upper() for m in missing)} — run "
-                  f"`htaf reproduce {cmds}` ({where}).", ""]
+    """The results of every part, grouped (compact, for the README: Fashion-MNIST and CIFAR-10
+    only; the digits table has its own README section)."""
+    lines = []
+    groups = ("fmnist", "cifar10") if compact else ("fmnist", "digits", "cifar10", "defaults")
+    for group in groups:
+        keys = [k for k in PARTS if PARTS[k].group == group]
+        lines += [("### " if compact else "## ") + _GROUPS[group], ""]
+        for key in (k for k in keys if parts[k] is not None):
+            lines += _part_lines(key, parts[key], compact)
+        missing = [k for k in keys if parts[k] is None]
+        if missing:
+            where = "on a GPU" if group == "cifar10" else "on the CPU"
+            lines += [f"Not yet measured: {', '.join(missing)} — run `htaf reproduce "
+                      f"{' / '.join(missing)}` {where}, then `htaf reproduce report`.", ""]
     if not compact:
         from .results import LEGEND
 
-        lines += [LEGEND, "", "Reproduce (CIFAR-10 parts on one GPU; a part can be split over "
-                  "calls with `--seeds 0`, then `--seeds 1 --resume`, ...):", "", "```bash"]
-        lines += [f"htaf reproduce {p}" + (f" --data {CIFAR}" if PARTS[p].gpu else "")
-                  for p in PARTS]
-        lines += ["htaf reproduce speed", "htaf reproduce report", "```", "",
-                  _CAVEATS, ""]
+        lines += ["## How to read and reproduce", "", LEGEND, "", "Reproduce (a part can be "
+                  "split over calls with `--seeds 0`, then `--seeds 1 --resume`, ...):", "",
+                  "```bash"]
+        lines += [f"htaf reproduce {p}" + (f" --data {CIFAR}" if PARTS[p].group == "cifar10"
+                                           else "") for p in PARTS]
+        lines += ["htaf reproduce speed", "htaf reproduce report", "```", "", _CAVEATS, ""]
+    return lines
+
+
+def _part_lines(key: str, res, compact: bool) -> list[str]:
+    part = PARTS[key]
+    head = f"#### {key}: {part.title}" if compact else f"### {key}: {part.title}"
+    lines = [head, ""]
+    if not compact:
+        lines += [res.setup(), "", f"Baselines: {part.baseline_note}.", ""]
+        chosen = res.config.get("act_params") or {}
+        if chosen:
+            lines += ["Chosen on validation by the selection stage "
+                      f"([results/{key}-select/report.md](results/{key}-select/report.md)): "
+                      + "; ".join(f"{a} {', '.join(f'{k}={v:g}' for k, v in p.items()) or 'defaults'}"
+                                  for a, p in chosen.items()) + ".", ""]
+    lines += [res.table(), "", res.headline(), ""]
+    if not compact:
+        depth = res.depth_table()
+        if depth:
+            lines += [depth, "", f"![accuracy vs depth](results/{key}/depth.png)", ""]
+        lines += [f"Full report: [results/{key}/report.md](results/{key}/report.md) · command: "
+                  f"`htaf reproduce {key}`.", ""]
+    else:
+        lines += [f"Command: `htaf reproduce {key}`; full report: "
+                  f"[docs/results/{key}/report.md](docs/results/{key}/report.md).", ""]
     return lines
 
 
@@ -434,12 +469,17 @@ def _speed_rows(name: str, rec: dict) -> list[tuple[str, str]]:
                         f"{sizes['packed_state_bytes']:,} B vs {sizes['float_state_dict_bytes']:,} B "
                         f"({sizes['ratio_state']:.1f}× smaller)"))
         for r in rec.get("latency_median_ms", []):
-            for backend in ("c", "numpy"):
-                ms = r.get(f"packed_{backend}_ms")
-                if ms:
-                    out.append((f"CPU latency, batch {r['batch']}, packed ({backend})",
-                                f"{ms:.1f} ms vs float {r['float_ceiling_ms']:.1f} ms "
-                                f"({r['float_ceiling_ms'] / ms:.2f}× speed-up)"))
+            ms = r.get("packed_ms", r.get("packed_c_ms"))
+            if not ms:
+                continue
+            where = f"batch {r['batch']}" + (f", {r['threads']} thread(s)" if "threads" in r
+                                             else "")
+            peers = [(name, r.get(key)) for name, key in (
+                ("float PyTorch", "float_pytorch_ms"), ("float", "float_ceiling_ms"),
+                ("ORT fp32", "ort_fp32_ms"), ("ORT int8", "ort_int8_ms"))]
+            out.append((f"CPU latency, {where}, packed",
+                        f"{ms:.2f} ms; " + ", ".join(f"{name} {v:.2f} ms ({v / ms:.1f}×)"
+                                                    for name, v in peers if v)))
     return out
 
 
