@@ -7,13 +7,16 @@ reference everywhere (for debugging or comparison).
 
 ``surrogate_backward`` (``torch.ops.htaf.surrogate_backward``) is the same for the baseline
 surrogates listed in ``FUSED_SURROGATES``: their backward in one pass on CUDA.
+
+On the CPU, fused C kernels (``htaf.kernels.cpu``, compiled on first use and cached per machine)
+serve the same ops; without a C compiler, or with ``HTAF_NO_NATIVE=1``, the reference does.
 """
 
 from __future__ import annotations
 
 import os
 
-from . import reference
+from . import cpu, reference
 from .activation import backward as htaf_backward
 from .activation import forward as htaf_forward
 from .activation import step as step_forward
@@ -34,6 +37,8 @@ def _triton_enabled() -> bool:
     triton_baselines.register_cuda_kernels()
     return True
 
+
+cpu.register_cpu_kernels()
 
 #: Whether the fused Triton kernels serve ``torch.ops.htaf.*`` on CUDA in this process.
 TRITON_ENABLED: bool = _triton_enabled()
