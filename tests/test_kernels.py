@@ -20,7 +20,7 @@ import torch
 import htaf
 from htaf import functional as F
 from htaf import kernels
-from htaf.kernels import baselines
+from htaf.kernels import baselines, cpu
 from htaf.kernels import reference as ref
 from htaf.surrogates import get_surrogate, list_surrogates
 
@@ -304,12 +304,18 @@ def test_baseline_kernel_layouts_and_errors(tb):
 
 
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_cpu_surrogate_op_is_the_reference(dtype):
+def test_cpu_surrogate_op_is_the_native_kernel_or_the_reference(dtype):
+    """On the CPU the op runs htaf.kernels.cpu (tested against the reference in
+    tests/test_cpu_kernels.py), or the reference itself where no native code is available."""
     x, g = _baseline_inputs(dtype, 99), _baseline_inputs(dtype, 99).flip(0)
     for kind in BASELINES:
         out = kernels.surrogate_backward(g, x, kind, 1.5, 2.0)
-        assert torch.equal(out.nan_to_num(7.0),
-                           baselines.reference_backward(g, x, kind, 1.5, 2.0).nan_to_num(7.0))
+        if cpu.available():
+            kid, names = cpu.KINDS[kind]
+            want = cpu.surrogate_backward(g, x, kid, (1.5,) * len(names), 2.0)
+        else:
+            want = baselines.reference_backward(g, x, kind, 1.5, 2.0)
+        assert torch.equal(out.nan_to_num(7.0), want.nan_to_num(7.0))
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -321,12 +327,16 @@ def test_triton_registration_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_cpu_ops_are_the_reference(dtype):
+def test_cpu_ops_are_the_native_kernels_or_the_reference(dtype):
     x, g = _randn(999, dtype), _randn(999, dtype, 1.0)
-    assert torch.equal(kernels.htaf_forward(x, 0.5, 4.0, 1.0), ref.htaf_forward(x, 0.5, 4.0, 1.0))
-    assert torch.equal(kernels.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0),
-                       ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0))
-    assert torch.equal(kernels.step_forward(x, True), ref.step_forward(x, True))
+    if cpu.available():
+        fwd, bwd = cpu.htaf_forward, lambda g, x, *p: cpu.surrogate_backward(g, x, 0, p[:3], p[3])
+        step = cpu.step
+    else:
+        fwd, bwd, step = ref.htaf_forward, ref.htaf_backward, ref.step_forward
+    assert torch.equal(kernels.htaf_forward(x, 0.5, 4.0, 1.0), fwd(x, 0.5, 4.0, 1.0))
+    assert torch.equal(kernels.htaf_backward(g, x, 0.5, 4.0, 1.0, 2.0), bwd(g, x, 0.5, 4.0, 1.0, 2.0))
+    assert torch.equal(kernels.step_forward(x, True), step(x, True))
 
 
 def _saved_bytes(fn, x):

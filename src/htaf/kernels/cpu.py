@@ -46,7 +46,6 @@ functions as the CPU implementation of ``torch.ops.htaf.*``.
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 from importlib import resources
 

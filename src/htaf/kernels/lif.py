@@ -27,17 +27,26 @@ Kernel design (memory-bound elementwise recurrence over T):
   (6 passes; X is then not kept by this op).
 * The surrogate's derivative is computed in-kernel: HTAF (α, β, γ), sigmoid (α) or atan (α), chosen
   by a constexpr; any other surrogate uses the reference path.
+* On the CPU the same ops run the native C kernels of :mod:`htaf.kernels.cpu` (any built-in
+  surrogate, float32/float64/float16/bfloat16, H always recomputed), registered as the ops' CPU
+  implementation unless ``TRITON_INTERPRET=1``, where the interpreted Triton kernels serve CPU
+  tensors (that is how the tests run them without a GPU).
 * fp32, bf16 and fp16 inputs; the math always runs in fp32; S has the input's dtype.
 * PLIF's learnable k: d L/dk = Σ_t dL/dH[t] · ∂H[t]/∂k with ∂H/∂k = (H[t] − V[t−1])/k
   (decay_input) or R − V[t−1]; each program writes one partial sum (deterministic, no atomics).
 
-Entry point: :func:`lif_multistep` (``backend="triton"`` or ``"torch"``); the Triton path is the
-``torch.library`` custom op ``torch.ops.htaf.lif_multistep`` with a registered autograd formula.
+Entry point: :func:`lif_multistep` (``backend="triton"``, ``"cpu"`` or ``"torch"``); the fused
+paths are the ``torch.library`` custom op ``torch.ops.htaf.lif_multistep`` with a registered
+autograd formula.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from . import cpu
 
 try:  # Triton is optional: the reference serves every device without it.
     import triton
@@ -50,6 +59,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = [
     "HAS_TRITON",
     "MAX_T_RECOMPUTE",
+    "cpu_supports",
     "kernel_surrogate",
     "lif_multistep",
     "lif_multistep_reference",
@@ -59,25 +69,35 @@ __all__ = [
 
 MAX_T_RECOMPUTE = 16  # longer sequences save H (fp32) instead: the register tile and the
                       # unrolled loops grow with T (compile time 0.5 s at T=8, 9 s at 16, minutes at 64)
-_SURROGATE_IDS = {"htaf": 0, "sigmoid": 1, "atan": 2}
+_TRITON_SURROGATES = (0, 1, 2)   # htaf, sigmoid, atan (ids of htaf.kernels.cpu.KINDS)
+#: Under the Triton interpreter the Triton kernels serve CPU tensors (the tests' way to run them).
+_CPU_KERNELS = os.environ.get("TRITON_INTERPRET", "") != "1"
 
 
 def kernel_surrogate(surrogate) -> tuple[int, float, float, float] | None:
-    """``(id, a, b, g)`` for a surrogate the kernel computes in-register, else ``None``."""
-    name = getattr(surrogate, "name", None)
-    if name not in _SURROGATE_IDS:
+    """``(id, a, b, g)`` for a built-in surrogate (``id`` as in :data:`htaf.kernels.cpu.KINDS`,
+    its raw hyperparameters padded with zeros), else ``None``."""
+    found = cpu.surrogate_kind(surrogate)
+    if found is None:
         return None
-    p = surrogate.hyperparameters()
-    if name == "htaf":
-        return 0, p["alpha"], p["beta"], p["gamma"]
-    return _SURROGATE_IDS[name], p["alpha"], 0.0, 0.0
+    kid, params = found
+    a, b, g = (*params, 0.0, 0.0, 0.0)[:3]
+    return kid, a, b, g
 
 
 def triton_supports(x_seq: torch.Tensor, surrogate) -> bool:
-    """Whether the fused kernel can run this call (else use the reference)."""
-    return (HAS_TRITON and kernel_surrogate(surrogate) is not None
+    """Whether the fused Triton kernel can run this call (else use the reference)."""
+    ks = kernel_surrogate(surrogate)
+    return (HAS_TRITON and ks is not None and ks[0] in _TRITON_SURROGATES
             and x_seq.dim() >= 1 and x_seq.shape[0] >= 1
             and x_seq.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def cpu_supports(x_seq: torch.Tensor, surrogate) -> bool:
+    """Whether the native CPU kernel can run this call (else use the reference)."""
+    return (_CPU_KERNELS and x_seq.device.type == "cpu" and x_seq.dim() >= 1
+            and x_seq.shape[0] >= 1 and kernel_surrogate(surrogate) is not None
+            and cpu.supports(x_seq))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +413,7 @@ def _lif_bwd_op(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, h: tor
 def _(gs, gv_last, x, h, v0, k, v_threshold, v_reset, hard, leaky, decay_input, detach_reset,
       surrogate_id, a, b, g, need_gk):
     return (torch.empty_like(gs, memory_format=torch.contiguous_format), torch.empty_like(v0),
-            gs.new_empty(1, dtype=torch.float32))
+            gs.new_empty(1, dtype=k.dtype))
 
 
 def _setup_context(ctx, inputs, output):
@@ -425,6 +445,34 @@ def _backward(ctx, gs, gv_last, _gh):
 _lif_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ---------------------------------------------------------------------------------------------
+# The CPU implementation of the same ops: htaf.kernels.cpu (H always recomputed, never stored)
+# ---------------------------------------------------------------------------------------------
+def _cpu_params(surrogate_id: int, a: float, b: float, g: float) -> tuple[float, ...]:
+    return (a, b, g)[:len(cpu.KINDS[cpu._NAMES[surrogate_id]][1])]
+
+
+def _cpu_lif(x, v0, k, v_threshold, v_reset, hard, leaky, decay_input, detach_reset,
+             surrogate_id, a, b, g, store_h):
+    if store_h:
+        raise ValueError("the CPU LIF kernel recomputes H: call it with store_h=False")
+    s, v_last = cpu.lif_forward(x, v0, float(k), v_threshold, v_reset, hard, leaky, decay_input)
+    return s, v_last, x.new_empty((0,), dtype=torch.float32)
+
+
+def _cpu_lif_backward(gs, gv_last, x, h, v0, k, v_threshold, v_reset, hard, leaky, decay_input,
+                      detach_reset, surrogate_id, a, b, g, need_gk):
+    gx, gv0, gk = cpu.lif_backward(gs, gv_last.to(v0.dtype), x, v0, float(k), v_threshold,
+                                   v_reset, hard, leaky, decay_input, detach_reset, surrogate_id,
+                                   _cpu_params(surrogate_id, a, b, g), need_gk)
+    return gx, gv0, gk.to(k.dtype)
+
+
+if _CPU_KERNELS:
+    _lif_op.register_kernel("cpu")(_cpu_lif)
+    _lif_bwd_op.register_kernel("cpu")(_cpu_lif_backward)
+
+
 def lif_multistep(x_seq: torch.Tensor, v_init: torch.Tensor, k, *, v_threshold: float = 1.0,
                   v_reset: float | None = 0.0, decay_input: bool = True,
                   detach_reset: bool = False, surrogate=None, leaky: bool = True,
@@ -436,7 +484,8 @@ def lif_multistep(x_seq: torch.Tensor, v_init: torch.Tensor, k, *, v_threshold: 
         v_init: membrane potential before t = 0, shape ``x_seq.shape[1:]``, dtype of ``x_seq``.
         k: 1/τ, a float or a one-element tensor (may require grad: PLIF).
         backend: ``"triton"`` (fused kernels; needs a surrogate the kernel knows: htaf, sigmoid,
-            atan) or ``"torch"`` (the reference loop).
+            atan), ``"cpu"`` (the native CPU kernels, any built-in surrogate, float64 too) or
+            ``"torch"`` (the reference loop).
 
     Returns ``(S [T, ...] in x's dtype, V after the last step)``.
     """
@@ -449,25 +498,33 @@ def lif_multistep(x_seq: torch.Tensor, v_init: torch.Tensor, k, *, v_threshold: 
                                           detach_reset=detach_reset, surrogate=surrogate,
                                           leaky=leaky)
         return s, v
-    if backend != "triton":
-        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
-    if not triton_supports(x_seq, surrogate):
+    if backend not in ("triton", "cpu"):
+        raise ValueError(f"backend must be 'triton', 'cpu' or 'torch', got {backend!r}")
+    if backend == "cpu" and not cpu_supports(x_seq, surrogate):
+        raise ValueError(f"the native CPU LIF kernel needs CPU tensors, T >= 1, a float dtype, a "
+                         f"built-in surrogate and a working C compiler; got {x_seq.device}, "
+                         f"T={x_seq.shape[0]}, {x_seq.dtype}, surrogate {surrogate.name!r} "
+                         f"({cpu.backend_error() or 'compiled'}; use backend='torch')")
+    if backend == "triton" and not triton_supports(x_seq, surrogate):
         raise ValueError(f"the fused LIF kernel needs Triton, T >= 1, a float dtype and "
                          f"an htaf/sigmoid/atan surrogate; got T={x_seq.shape[0]}, "
                          f"{x_seq.dtype}, surrogate {surrogate.name!r} (use backend='torch')")
     sid, a, b, g = kernel_surrogate(surrogate)
+    # the CPU kernel (which serves CPU tensors unless the Triton interpreter does) never stores H
+    store_h = x_seq.shape[0] > MAX_T_RECOMPUTE and not (_CPU_KERNELS and not x_seq.is_cuda)
     T = x_seq.shape[0]
     x2 = x_seq.reshape(T, -1).contiguous()
     v0 = v_init.to(x_seq.dtype).reshape(-1).contiguous()
     if v0.numel() != x2.shape[1]:
         raise ValueError(f"v_init has {v0.numel()} elements, expected {x2.shape[1]}")
+    k_dtype = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
     if isinstance(k, torch.Tensor):
-        kt = k.to(device=x_seq.device, dtype=torch.float32).reshape(1)
+        kt = k.to(device=x_seq.device, dtype=k_dtype).reshape(1)
     else:
-        kt = torch.full((1,), float(k), device=x_seq.device, dtype=torch.float32)
+        kt = torch.full((1,), float(k), device=x_seq.device, dtype=k_dtype)
     hard = v_reset is not None
     s, v_last, _ = _lif_op(x2, v0, kt, float(v_threshold), float(v_reset) if hard else 0.0,
                            hard, leaky, decay_input, detach_reset, sid, float(a), float(b),
-                           float(g), T > MAX_T_RECOMPUTE)
+                           float(g), store_h)
     return s.reshape(x_seq.shape), v_last.reshape(x_seq.shape[1:])
 

@@ -17,8 +17,9 @@ neuron's ``reset()``) between independent batches; the models in ``htaf.models.s
 ``forward``.
 
 The spike function is named by ``surrogate`` (a registered name or a :class:`~htaf.surrogates.Surrogate`;
-SpikingJelly's keyword ``surrogate_function`` is accepted as an alias). Multi-step LIF/IF/PLIF on
-CUDA runs the fused Triton kernel (``htaf.kernels.lif``) when ``backend="auto"``/``"triton"``.
+SpikingJelly's keyword ``surrogate_function`` is accepted as an alias). Multi-step LIF/IF/PLIF runs
+fused kernels (``htaf.kernels.lif``) when ``backend="auto"``: Triton on CUDA (or
+``backend="triton"``), native C on the CPU (``htaf.kernels.cpu``).
 """
 
 from __future__ import annotations
@@ -113,15 +114,22 @@ class BaseNode(nn.Module):
         return s
 
     def _use_triton(self, x_seq: torch.Tensor) -> bool:
+        return self._fused_backend(x_seq) == "triton"
+
+    def _fused_backend(self, x_seq: torch.Tensor) -> str | None:
+        """The fused multi-step kernel for ``x_seq``: ``"triton"`` (CUDA), ``"cpu"`` (native C)
+        or None (the PyTorch loop)."""
         if self.backend == "torch" or self.store_v_seq:
-            return False
+            return None
         ok = lif_kernels.triton_supports(x_seq, self.surrogate)
         if self.backend == "triton":
             if not ok:
                 raise ValueError("backend='triton' needs Triton and an htaf/sigmoid/atan "
                                  f"surrogate (got {self.surrogate.name!r}); use backend='auto'")
-            return True
-        return ok and x_seq.is_cuda
+            return "triton"
+        if x_seq.is_cuda:
+            return "triton" if ok else None
+        return "cpu" if lif_kernels.cpu_supports(x_seq, self.surrogate) else None
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
@@ -131,8 +139,8 @@ class BaseNode(nn.Module):
             raise ValueError("step_mode='m' got T = 0 time steps (x_seq.shape[0] must be >= 1)")
         v0 = self._state_like(x_seq[0])
         kw = self._step_kwargs()
-        if self._use_triton(x_seq):
-            s, v = lif_kernels.lif_multistep(x_seq, v0, self.decay(), backend="triton", **kw)
+        if (fused := self._fused_backend(x_seq)) is not None:
+            s, v = lif_kernels.lif_multistep(x_seq, v0, self.decay(), backend=fused, **kw)
             v_seq = None
         else:
             s, v, v_seq = lif_kernels.lif_multistep_reference(
