@@ -46,6 +46,7 @@ functions as the CPU implementation of ``torch.ops.htaf.*``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from importlib import resources
 
@@ -179,6 +180,8 @@ def _in_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``t`` when it is dense with ``out``'s strides, else a copy laid out as ``out``."""
     if t.shape != out.shape:
         raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(out.shape)}")
+    if t.is_contiguous() and out.is_contiguous():   # the common case, decided in C++
+        return t
     same = all(a == b for a, b, n in zip(t.stride(), out.stride(), t.shape) if n != 1)
     if same and _is_dense(t):
         return t
@@ -215,13 +218,17 @@ def htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> to
 def constants(kind: int, params) -> tuple[float, float, float]:
     """The kernel's three float64 constants for surrogate ``kind`` with raw ``params``: (α, β, γ)
     for HTAF, else ``(p, c, 0)`` of :func:`htaf.kernels.baselines.constants`."""
+    return _constants(kind, tuple(float(p) for p in params))
+
+
+@functools.lru_cache(maxsize=256)
+def _constants(kind: int, params: tuple[float, ...]) -> tuple[float, float, float]:
     from .baselines import constants as baseline_constants
 
     if kind not in _NAMES:
         raise ValueError(f"kind must be one of 0..{len(KINDS) - 1} "
                          f"({', '.join(f'{i} {n}' for i, n in _NAMES.items())}), got {kind!r}")
     name = _NAMES[kind]
-    params = tuple(float(p) for p in params)
     want = len(KINDS[name][1])
     if len(params) != want:
         raise ValueError(f"surrogate {name!r} takes {want} parameter(s) "

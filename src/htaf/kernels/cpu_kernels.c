@@ -372,8 +372,17 @@ void htaf_surrogate_backward(const void *grad, const void *x, void *out, int64_t
 /* H[t] = charge(V[t−1], X[t]); S[t] = 1[H[t] − V_th >= 0] (NaN stays NaN); V[t] = reset.
  * Neurons are processed in blocks of LIF_BLOCK with the time loop inside (V in L1).  The
  * backward recomputes H[0..T−1] of a block into a [T, LIF_BLOCK] buffer from X (the only saved
- * sequence), then runs BPTT in reverse time. */
-#define LIF_BLOCK 128
+ * sequence), then runs BPTT in reverse time.
+ *
+ * The neuron's variants (IF / LIF with or without decay_input, hard / soft reset, detach_reset)
+ * are compile-time constants of always-inlined loop bodies, one instance per variant, chosen
+ * outside the loops: with run-time flags inside, gcc turns the selects into masked stores
+ * (vmaskmovps), which are microcoded and slow on AMD CPUs (6x slower backward). */
+#define LIF_BLOCK 256
+#define INLINE static inline __attribute__((always_inline))
+
+enum { CHARGE_IF = 0, CHARGE_DECAY = 1, CHARGE_NODECAY = 2 };   /* charge variant */
+enum { ROW_SPIKES = 0, ROW_H = 1, ROW_H_DK = 2 };                /* what a step row writes */
 
 struct lif_ctx {
     const void *x, *v0, *gs, *gv;
@@ -381,58 +390,111 @@ struct lif_ctx {
     double *gk_blocks;
     int *failed;
     int64_t T, N;
-    int dt, hard, leaky, decay, detach, kind;
+    int dt, charge, hard, detach, kind;
     real k, v_th, v_reset, c[3], scale;
 };
 
+/* One time step of n neurons: V ← reset(H), H = charge(V, X); writes S (ROW_SPIKES) or H, and
+ * ∂H/∂k (ROW_H_DK) into `out`/`dk`. */
+INLINE void lif_step_row(const int charge, const int hard, const int what, real k, real r,
+                         real vth, real vr, real *restrict v, const real *restrict x,
+                         real *restrict out, real *restrict dk, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        real vj = v[j], xj = x[j];
+        real h = charge == CHARGE_IF ? vj + xj
+                 : charge == CHARGE_DECAY ? vj + (xj - (vj - r)) * k : vj - (vj - r) * k + xj;
+        real u = h - vth;
+        real sp = u >= 0 ? 1 : (u != u ? u : 0);
+        out[j] = what == ROW_SPIKES ? sp : h;
+        if (what == ROW_H_DK) dk[j] = charge == CHARGE_DECAY ? xj - (vj - r) : r - vj;
+        v[j] = hard ? h * (1 - sp) + vr * sp : h - vth * sp;
+    }
+}
+
+static void lif_row(const struct lif_ctx *c, int what, real *v, const real *x, real *out,
+                    real *dk, int64_t n) {
+    const real r = c->hard ? c->v_reset : 0;
+#define ROW(CH, HARD, WHAT) lif_step_row(CH, HARD, WHAT, c->k, r, c->v_th, c->v_reset, v, x, out, dk, n)
+#define ROWS(CH, HARD)                                                                     \
+    if (what == ROW_SPIKES) ROW(CH, HARD, ROW_SPIKES);                                     \
+    else if (what == ROW_H) ROW(CH, HARD, ROW_H);                                          \
+    else ROW(CH, HARD, ROW_H_DK);
+    switch (c->charge * 2 + c->hard) {
+    case 0: ROWS(CHARGE_IF, 0) break;       case 1: ROWS(CHARGE_IF, 1) break;
+    case 2: ROWS(CHARGE_DECAY, 0) break;    case 3: ROWS(CHARGE_DECAY, 1) break;
+    case 4: ROWS(CHARGE_NODECAY, 0) break;  default: ROWS(CHARGE_NODECAY, 1) break;
+    }
+#undef ROWS
+#undef ROW
+}
+
+/* One reverse step of n neurons: from dL/dS[t] (gs), dL/dV[t] (gv, updated to dL/dV[t−1]) and
+ * the surrogate derivative sg at H[t] − V_th, writes dL/dX[t] (gx) and dL/dH[t] (gh). */
+INLINE void lif_bptt_row(const int hard, const int detach, real vth, real vr, real dx_dh,
+                         real dv_dh, const real *restrict h, const real *restrict sg,
+                         const real *restrict gs, real *restrict gv, real *restrict gx,
+                         real *restrict gh, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        real u = h[j] - vth;
+        real sp = u >= 0 ? 1 : (u != u ? u : 0);
+        real through = detach ? 0 : sg[j];
+        real dvdh = hard ? (1 - sp) + (vr - h[j]) * through : 1 - vth * through;
+        real ghj = gs[j] * sg[j] + gv[j] * dvdh;
+        gh[j] = ghj;
+        gx[j] = ghj * dx_dh;
+        gv[j] = ghj * dv_dh;
+    }
+}
+
+static void lif_bptt(const struct lif_ctx *c, real dx_dh, real dv_dh, const real *h,
+                     const real *sg, const real *gs, real *gv, real *gx, real *gh, int64_t n) {
+#define BPTT(HARD, DETACH) lif_bptt_row(HARD, DETACH, c->v_th, c->v_reset, dx_dh, dv_dh, h, sg, gs, gv, gx, gh, n)
+    switch (c->hard * 2 + c->detach) {
+    case 0: BPTT(0, 0); break;  case 1: BPTT(0, 1); break;
+    case 2: BPTT(1, 0); break;  default: BPTT(1, 1); break;
+    }
+#undef BPTT
+}
+
 static void lif_fwd_range(void *p, int64_t lo, int64_t hi) {
     const struct lif_ctx *c = (const struct lif_ctx *)p;
-    const real r = c->hard ? c->v_reset : 0, k = c->k, vth = c->v_th, vr = c->v_reset;
     real v[LIF_BLOCK], xb[LIF_BLOCK], sb[LIF_BLOCK];
     for (int64_t j0 = lo; j0 < hi; j0 += LIF_BLOCK) {
         int64_t n = hi - j0 < LIF_BLOCK ? hi - j0 : LIF_BLOCK;
         load_block(c->dt, c->v0, j0, v, n);
         for (int64_t t = 0; t < c->T; ++t) {
             const int64_t off = t * c->N + j0;
-            const real *restrict x = view_in(c->dt, c->x, off, xb, n);
-            real *restrict s = view_out(c->dt, c->s, off, sb);
-#define FWD_LOOP(CHARGE, RESET)                                                            \
-            for (int64_t j = 0; j < n; ++j) {                                              \
-                real vj = v[j], xj = x[j];                                                 \
-                real h = CHARGE;                                                           \
-                real u = h - vth;                                                          \
-                real sp = u >= 0 ? 1 : (u != u ? u : 0);                                   \
-                s[j] = sp;                                                                 \
-                v[j] = RESET;                                                              \
-            }
-#define FWD_RESET(CHARGE)                                                                  \
-            if (c->hard) { FWD_LOOP(CHARGE, h * (1 - sp) + vr * sp) }                      \
-            else { FWD_LOOP(CHARGE, h - vth * sp) }
-            if (!c->leaky) { FWD_RESET(vj + xj) }
-            else if (c->decay) { FWD_RESET(vj + (xj - (vj - r)) * k) }
-            else { FWD_RESET(vj - (vj - r) * k + xj) }
-#undef FWD_RESET
-#undef FWD_LOOP
+            const real *x = view_in(c->dt, c->x, off, xb, n);
+            real *s = view_out(c->dt, c->s, off, sb);
+            lif_row(c, ROW_SPIKES, v, x, s, NULL, n);
             flush_out(c->dt, sb, c->s, off, n);
         }
         store_block(c->dt, v, c->v_last, j0, n);
     }
 }
 
+static int charge_mode(int leaky, int decay) {
+    return !leaky ? CHARGE_IF : decay ? CHARGE_DECAY : CHARGE_NODECAY;
+}
+
+/* neurons per thread at least: about GRAIN_MATH elements of work */
+static int64_t lif_grain(int64_t T) { return GRAIN_MATH / (T > 0 ? T : 1) + 1; }
+
 void htaf_lif_forward(const void *x, const void *v0, void *s, void *v_last, int64_t T, int64_t N,
                       int dt, double k, double v_th, double v_reset, int hard, int leaky,
                       int decay, int nthreads) {
     struct lif_ctx c = {.x = x, .v0 = v0, .s = s, .v_last = v_last, .T = T, .N = N, .dt = dt,
-                        .hard = hard, .leaky = leaky, .decay = decay, .k = (real)k,
+                        .charge = charge_mode(leaky, decay), .hard = hard, .k = (real)k,
                         .v_th = (real)v_th, .v_reset = (real)v_reset};
-    parallel_for(lif_fwd_range, &c, N, (GRAIN_MATH / (T > 0 ? T : 1)) | 1, LIF_BLOCK, nthreads);
+    parallel_for(lif_fwd_range, &c, N, lif_grain(T), LIF_BLOCK, nthreads);
 }
 
 static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
     const struct lif_ctx *c = (const struct lif_ctx *)p;
     const int64_t T = c->T, N = c->N;
-    const real r = c->hard ? c->v_reset : 0, k = c->k, vth = c->v_th, vr = c->v_reset;
     const int need_gk = c->gk_blocks != NULL;
+    const real k = c->k;
+    const real dx_dh = c->charge == CHARGE_DECAY ? k : 1, dv_dh = c->charge == CHARGE_IF ? 1 : 1 - k;
     /* per block: H[t] (T·LIF_BLOCK), and ∂H[t]/∂k when dL/dk is wanted */
     real *hbuf = (real *)malloc((size_t)T * LIF_BLOCK * sizeof(real) * (need_gk ? 2 : 1));
     if (!hbuf) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
@@ -440,45 +502,27 @@ static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
     real v[LIF_BLOCK], gv[LIF_BLOCK], sg[LIF_BLOCK], u[LIF_BLOCK], xb[LIF_BLOCK], gb[LIF_BLOCK];
     real ob[LIF_BLOCK], gh[LIF_BLOCK];
     double gk[LIF_BLOCK];
-    const int hard = c->hard, detach = c->detach, leaky = c->leaky, decay = c->decay;
-    const real dx_dh = c->leaky && c->decay ? k : 1, dv_dh = c->leaky ? 1 - k : 1;
     for (int64_t j0 = lo; j0 < hi; j0 += LIF_BLOCK) {
         int64_t n = hi - j0 < LIF_BLOCK ? hi - j0 : LIF_BLOCK;
         /* 1) recompute H (and ∂H/∂k) from X */
         load_block(c->dt, c->v0, j0, v, n);
         for (int64_t t = 0; t < T; ++t) {
-            const real *restrict x = view_in(c->dt, c->x, t * N + j0, xb, n);
-            real *restrict h = hbuf + t * LIF_BLOCK;
-            real *restrict dk = need_gk ? dkbuf + t * LIF_BLOCK : gh;   /* gh: scratch */
-            for (int64_t j = 0; j < n; ++j) {
-                real vj = v[j], xj = x[j];
-                real hj = !leaky ? vj + xj : decay ? vj + (xj - (vj - r)) * k : vj - (vj - r) * k + xj;
-                real uj = hj - vth;
-                real sp = uj >= 0 ? 1 : (uj != uj ? uj : 0);
-                h[j] = hj;
-                dk[j] = decay ? xj - (vj - r) : r - vj;
-                v[j] = hard ? hj * (1 - sp) + vr * sp : hj - vth * sp;
-            }
+            const real *x = view_in(c->dt, c->x, t * N + j0, xb, n);
+            lif_row(c, need_gk ? ROW_H_DK : ROW_H, v, x, hbuf + t * LIF_BLOCK,
+                    need_gk ? dkbuf + t * LIF_BLOCK : NULL, n);
         }
         /* 2) reverse time: gv = dL/dV[t], gh = dL/dH[t] */
         load_block(c->dt, c->gv, j0, gv, n);
-        for (int64_t j = 0; j < n; ++j) gk[j] = 0;
+        if (need_gk)
+            for (int64_t j = 0; j < n; ++j) gk[j] = 0;
         for (int64_t t = T - 1; t >= 0; --t) {
             const real *restrict h = hbuf + t * LIF_BLOCK;
-            for (int64_t j = 0; j < n; ++j) u[j] = h[j] - vth;
+            for (int64_t j = 0; j < n; ++j) u[j] = h[j] - c->v_th;
             surrogate_block(c->kind, c->c, c->scale, u, NULL, sg, n);
             const int64_t off = t * N + j0;
-            const real *restrict gs = view_in(c->dt, c->gs, off, gb, n);
-            real *restrict gx = view_out(c->dt, c->gx, off, ob);
-            for (int64_t j = 0; j < n; ++j) {
-                real sp = u[j] >= 0 ? 1 : (u[j] != u[j] ? u[j] : 0);
-                real through = detach ? 0 : sg[j];
-                real dvdh = hard ? (1 - sp) + (vr - h[j]) * through : 1 - vth * through;
-                real ghj = gs[j] * sg[j] + gv[j] * dvdh;
-                gh[j] = ghj;
-                gx[j] = ghj * dx_dh;
-                gv[j] = ghj * dv_dh;
-            }
+            const real *gs = view_in(c->dt, c->gs, off, gb, n);
+            real *gx = view_out(c->dt, c->gx, off, ob);
+            lif_bptt(c, dx_dh, dv_dh, h, sg, gs, gv, gx, gh, n);
             flush_out(c->dt, ob, c->gx, off, n);
             if (need_gk) {   /* dL/dk = Σ_t Σ_j dL/dH[t]·∂H[t]/∂k, in float64 */
                 const real *restrict dk = dkbuf + t * LIF_BLOCK;
@@ -507,11 +551,12 @@ int htaf_lif_backward(const void *gs, const void *gv_last, const void *x, const 
     if (need_gk && !(parts = (double *)calloc((size_t)(blocks > 0 ? blocks : 1), sizeof(double))))
         return -1;
     struct lif_ctx c = {.x = x, .v0 = v0, .gs = gs, .gv = gv_last, .gx = gx, .gv0 = gv0,
-                        .gk_blocks = parts, .failed = &failed, .T = T, .N = N, .dt = dt, .hard = hard,
-                        .leaky = leaky, .decay = decay, .detach = detach, .kind = kind,
-                        .k = (real)k, .v_th = (real)v_th, .v_reset = (real)v_reset,
-                        .c = {(real)c0, (real)c1, (real)c2}, .scale = (real)scale};
-    parallel_for(lif_bwd_range, &c, N, (GRAIN_MATH / (T > 0 ? T : 1)) | 1, LIF_BLOCK, nthreads);
+                        .gk_blocks = parts, .failed = &failed, .T = T, .N = N, .dt = dt,
+                        .charge = charge_mode(leaky, decay), .hard = hard, .detach = detach,
+                        .kind = kind, .k = (real)k, .v_th = (real)v_th,
+                        .v_reset = (real)v_reset, .c = {(real)c0, (real)c1, (real)c2},
+                        .scale = (real)scale};
+    parallel_for(lif_bwd_range, &c, N, lif_grain(T), LIF_BLOCK, nthreads);
     if (need_gk) {
         double sum = 0;
         for (int64_t i = 0; i < blocks; ++i) sum += parts[i];   /* fixed order: thread-count free */
