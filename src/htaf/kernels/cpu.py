@@ -89,7 +89,7 @@ _NAMES = {kid: name for name, (kid, _) in KINDS.items()}
 _SIGN_NATIVE = (11, 12)
 
 _LIBS = {torch.float64: "htaf_cpu_f64", None: "htaf_cpu_f32"}
-_FLAGS = ("-pthread", "-fno-trapping-math", "-fno-math-errno")
+_FLAGS = ("-pthread", "-fno-trapping-math", "-fno-math-errno", "-Werror=implicit-function-declaration")
 _STORAGE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 0}
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
