@@ -96,7 +96,7 @@ def plain_heaviside(x):
     return soft + ((x >= 0).to(x.dtype) - soft).detach()
 
 
-def activation_rows() -> dict:
+def activation_rows(compile_: bool = False) -> dict:
     rows = {
         "htaf (smooth)": lambda x: F.htaf(x),
         "heaviside (HTAF)": lambda x: F.heaviside(x),
@@ -107,20 +107,31 @@ def activation_rows() -> dict:
     rows["reference: heaviside (HTAF)"] = rows["heaviside (HTAF)"]
     rows["eager formula: htaf (smooth)"] = plain_htaf
     rows["eager formula: heaviside (HTAF)"] = plain_heaviside
+    if compile_:
+        rows["torch.compile formula: htaf (smooth)"] = torch.compile(plain_htaf)
+        rows["torch.compile formula: heaviside (HTAF)"] = torch.compile(plain_heaviside)
     rows["x*1 (autograd yardstick)"] = lambda x: x * 1
     return rows
 
 
-def bench_activations(size: int, threads: int, reps: int, reference_reps: int) -> dict:
+def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
+                      compile_: bool = False) -> dict:
     torch.set_num_threads(threads)
     x = torch.randn(size) * 3
     xg = x.clone().requires_grad_(True)
     grad = torch.randn(size)
     dst = torch.empty_like(x)
-    rows = activation_rows()
+    rows = activation_rows(compile_)
 
     def fwd_bwd(fn):
         return lambda: torch.autograd.grad(fn(xg), xg, grad)
+
+    compile_s = {}
+    for name, fn in rows.items():
+        if name.startswith("torch.compile"):   # the first call compiles: time it apart
+            t0 = time.perf_counter()
+            fwd_bwd(fn)()
+            compile_s[name] = time.perf_counter() - t0
 
     fns = {"copy_": lambda: dst.copy_(x)}
     fns.update({name: fwd_bwd(fn) for name, fn in rows.items() if not name.startswith("ref")})
@@ -129,9 +140,12 @@ def bench_activations(size: int, threads: int, reps: int, reference_reps: int) -
             if name.startswith("ref")}
     times.update(interleaved_medians(refs, reference_reps, warmup=1))
     ideal = 2.5 * times["copy_"]
-    return {"size": size, "threads": threads, "copy_ms": times["copy_"], "ideal_ms": ideal,
-            "rows": [{"name": name, "ms": times[name], "x_ideal": times[name] / ideal}
-                     for name in rows]}
+    out = {"size": size, "threads": threads, "copy_ms": times["copy_"], "ideal_ms": ideal,
+           "rows": [{"name": name, "ms": times[name], "x_ideal": times[name] / ideal}
+                    for name in rows]}
+    if compile_s:
+        out["compile_s"] = compile_s
+    return out
 
 
 # ----------------------------------------------------------------------------- LIF
@@ -272,6 +286,9 @@ def parse_args(argv=None):
     p.add_argument("--T", type=int, nargs="+", default=[4, 8], help="LIF time steps")
     p.add_argument("--lif-shapes", default="128x512,32x32x16x16",
                    help="per-step LIF shapes, comma-separated (BxN and a conv-shaped BxCxHxW)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile (Inductor C++) of the plain formulas; first-call "
+                        "compile time recorded apart")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few reps (smoke run)")
     p.add_argument("--json", type=Path, default=None,
                    help="output (default benchmarks/results/bench_cpu.json)")
@@ -309,12 +326,15 @@ def main(argv=None) -> dict:
     try:
         for threads in args.threads:
             for size in args.sizes:
-                r = bench_activations(size, threads, args.reps, args.reference_reps)
+                r = bench_activations(size, threads, args.reps, args.reference_reps,
+                                      args.compile)
                 report["activations"].append(r)
                 print(f"\n[activations] {_size_label(size)} fp32, {threads} thread(s): copy_ "
                       f"{r['copy_ms']:.3f} ms → ideal {r['ideal_ms']:.3f} ms")
                 for row in r["rows"]:
-                    print(f"  {row['name']:36s} {row['ms']:9.3f} ms {row['x_ideal']:7.2f}×")
+                    print(f"  {row['name']:40s} {row['ms']:9.3f} ms {row['x_ideal']:7.2f}×")
+                for name, sec in r.get("compile_s", {}).items():
+                    print(f"  ({name}: first call, compiling, {sec:.1f} s)")
         for threads in args.threads:
             for T in args.T:
                 for shape in shapes:

@@ -177,6 +177,13 @@ def test_half_types_round_once_like_torch():
             got = cpu.surrogate_backward(x, ones, KINDS["ste"], (math.inf,), scale)
             want = (x.float() * scale).to(dtype)
             assert torch.equal(got.nan_to_num(0), want.nan_to_num(0)), (dtype, scale)
+    # calls of fewer than 8 elements take the portable float16 conversions (not F16C's)
+    x = torch.arange(-2**15, 2**15, 5, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    for scale in (1.0, 0.1):
+        got = torch.cat([cpu.surrogate_backward(c, torch.ones_like(c), KINDS["ste"], (math.inf,),
+                                                scale) for c in x.split(7)])
+        want = (x.float() * scale).to(torch.float16)
+        assert torch.equal(got.nan_to_num(0), want.nan_to_num(0)), scale
 
 
 # ----------------------------------------------------------------------------- layouts
