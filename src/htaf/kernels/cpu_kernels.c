@@ -348,9 +348,20 @@ static void backward_range(void *p, int64_t lo, int64_t hi) {
     }
 }
 
-/* grains: below these sizes one thread does all (measured by benchmarks/bench_cpu.py's sweep) */
+/* Grains: the fewest elements worth a thread of their own, about 100 µs of work (creating and
+ * joining a thread costs 24–80 µs here): 2^15 for HTAF's two exponentials and two divisions
+ * (≈2.5 ns an element on one Zen 3 core), 2^16 for one exponential, 2^18 for the rest, which
+ * move memory more than they compute. */
 #define GRAIN_STEP (1 << 18)
 #define GRAIN_MATH (1 << 15)
+
+static int64_t grain_of(int kind) {
+    switch (kind) {
+    case 0: case 12: return GRAIN_MATH;           /* htaf, swish_sign */
+    case 1: case 6: case 7: return GRAIN_MATH * 2; /* sigmoid, piecewise_exp, erf */
+    default: return GRAIN_STEP;
+    }
+}
 
 void htaf_step(const void *x, void *y, int64_t n, int dt, int signed_, int nthreads) {
     struct ew_ctx k = {.x = x, .out = y, .dt = dt, .signed_ = signed_};
@@ -369,7 +380,7 @@ void htaf_surrogate_backward(const void *grad, const void *x, void *out, int64_t
                              int nthreads) {
     struct ew_ctx k = {.x = x, .g = grad, .out = out, .dt = dt, .kind = kind,
                        .c = {(real)c0, (real)c1, (real)c2}, .scale = (real)scale};
-    parallel_for(backward_range, &k, n, GRAIN_MATH, 64, nthreads);
+    parallel_for(backward_range, &k, n, grain_of(kind), 64, nthreads);
 }
 
 /* --------------------------------------------------------------------- multi-step LIF */
