@@ -125,7 +125,7 @@ static inline uint16_t f32_to_f16(float f) {
     uint32_t h = a < (113u << 23) ? sub : normal;
     h = a >= 0x47800000u ? 0x7c00u : h;                       /* >= 65536: overflow to inf */
     h = a > 0x7f800000u ? 0x7e00u | ((a >> 13) & 0x3ffu) : h; /* NaN stays a (quiet) NaN */
-    return (uint16_t)(sign | (h > 0x7c00u && a <= 0x7f800000u ? 0x7c00u : h));
+    return (uint16_t)(sign | h);
 }
 
 static inline float bf16_to_f32(uint16_t h) { return float_of((uint32_t)h << 16); }
