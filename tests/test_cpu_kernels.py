@@ -349,6 +349,7 @@ LIF_CASES = [
     ("T1", True, True, 0.0, False, "super_spike", 1, 7, True),
     ("N1_T8", True, True, 0.0, False, "triangle", 8, 1, False),
     ("long_T", True, True, 0.0, False, "piecewise_exp", 40, 150, True),
+    ("blocks", True, True, 0.0, False, "htaf", 3, 2500, True),   # 5000 neurons: 3 blocks
 ]
 
 

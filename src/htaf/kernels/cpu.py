@@ -107,7 +107,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "htaf_forward": ([p, p, i64, i32, f64, f64, f64, i32], None),
         "htaf_surrogate_backward": ([p, p, p, i64, i32, i32, f64, f64, f64, f64, i32], None),
         "htaf_lif_forward": ([p, p, p, p, i64, i64, i32, f64, f64, f64, i32, i32, i32, i32],
-                             None),
+                             i32),
         "htaf_lif_backward": ([p, p, p, p, p, p, p, i64, i64, i32, f64, f64, f64, i32, i32, i32,
                                i32, i32, f64, f64, f64, f64, i32, i32], i32),
     }
@@ -274,8 +274,10 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, k: float, v_threshold: float,
     T, N = x.shape
     if T == 0 or N == 0:
         return s, v_last.copy_(v0)
-    lib.htaf_lif_forward(x.data_ptr(), v0.data_ptr(), s.data_ptr(), v_last.data_ptr(), T, N,
-                         _STORAGE[x.dtype], *args, _threads())
+    status = lib.htaf_lif_forward(x.data_ptr(), v0.data_ptr(), s.data_ptr(), v_last.data_ptr(),
+                                  T, N, _STORAGE[x.dtype], *args, _threads())
+    if status != 0:
+        raise MemoryError("lif_forward: could not allocate its work buffer")
     return s, v_last
 
 
@@ -311,7 +313,7 @@ def lif_backward(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, v0: t
         gv0.data_ptr(), gk.data_ptr(), T, N, _STORAGE[x.dtype], *args, bool(detach_reset),
         kind, *c, step_scale(kind), bool(need_gk), _threads())
     if status != 0:
-        raise MemoryError(f"lif_backward: could not allocate its [T={T}, 128] work buffer")
+        raise MemoryError(f"lif_backward: could not allocate its [T={T}, block] work buffer")
     return gx, gv0, gk
 
 

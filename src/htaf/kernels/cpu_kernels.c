@@ -385,15 +385,17 @@ void htaf_surrogate_backward(const void *grad, const void *x, void *out, int64_t
 
 /* --------------------------------------------------------------------- multi-step LIF */
 /* H[t] = charge(V[t−1], X[t]); S[t] = 1[H[t] − V_th >= 0] (NaN stays NaN); V[t] = reset.
- * Neurons are processed in blocks of LIF_BLOCK with the time loop inside (V in L1).  The
- * backward recomputes H[0..T−1] of a block into a [T, LIF_BLOCK] buffer from X (the only saved
- * sequence), then runs BPTT in reverse time.
+ * Neurons are processed in blocks of B with the time loop inside (V in L1).  The backward
+ * recomputes H[0..T−1] of a block into a [T, B] buffer from X (the only saved sequence), then
+ * runs BPTT in reverse time.  B = lif_block(T): up to 2048 neurons, so that each row access is a
+ * long contiguous stream (the rows of X, dL/dS and dL/dX are N apart), but the [T, B] buffer
+ * stays within 64 KiB (L2) for long sequences.  B depends on T only, so do the blocks of dL/dk.
  *
  * The neuron's variants (IF / LIF with or without decay_input, hard / soft reset, detach_reset)
  * are compile-time constants of always-inlined loop bodies, one instance per variant, chosen
  * outside the loops: with run-time flags inside, gcc turns the selects into masked stores
  * (vmaskmovps), which are microcoded and slow on AMD CPUs (6x slower backward). */
-#define LIF_BLOCK 256
+#define LIF_BLOCK_MAX 2048
 #define INLINE static inline __attribute__((always_inline))
 
 enum { CHARGE_IF = 0, CHARGE_DECAY = 1, CHARGE_NODECAY = 2 };   /* charge variant */
@@ -471,11 +473,21 @@ static void lif_bptt(const struct lif_ctx *c, real dx_dh, real dv_dh, const real
 #undef BPTT
 }
 
+/* neurons per block: a power of two in [64, 2048], T·B <= 16384 where possible */
+static int64_t lif_block(int64_t T) {
+    int64_t b = LIF_BLOCK_MAX;
+    while (b > 64 && b * T > 16384) b /= 2;
+    return b;
+}
+
 static void lif_fwd_range(void *p, int64_t lo, int64_t hi) {
     const struct lif_ctx *c = (const struct lif_ctx *)p;
-    real v[LIF_BLOCK], xb[LIF_BLOCK], sb[LIF_BLOCK];
-    for (int64_t j0 = lo; j0 < hi; j0 += LIF_BLOCK) {
-        int64_t n = hi - j0 < LIF_BLOCK ? hi - j0 : LIF_BLOCK;
+    const int64_t B = lif_block(c->T);
+    real *work = (real *)malloc(3 * (size_t)B * sizeof(real));
+    if (!work) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
+    real *v = work, *xb = work + B, *sb = work + 2 * B;
+    for (int64_t j0 = lo; j0 < hi; j0 += B) {
+        int64_t n = hi - j0 < B ? hi - j0 : B;
         load_block(c->dt, c->v0, j0, v, n);
         for (int64_t t = 0; t < c->T; ++t) {
             const int64_t off = t * c->N + j0;
@@ -486,6 +498,7 @@ static void lif_fwd_range(void *p, int64_t lo, int64_t hi) {
         }
         store_block(c->dt, v, c->v_last, j0, n);
     }
+    free(work);
 }
 
 static int charge_mode(int leaky, int decay) {
@@ -495,13 +508,16 @@ static int charge_mode(int leaky, int decay) {
 /* neurons per thread at least: about GRAIN_MATH elements of work */
 static int64_t lif_grain(int64_t T) { return GRAIN_MATH / (T > 0 ? T : 1) + 1; }
 
-void htaf_lif_forward(const void *x, const void *v0, void *s, void *v_last, int64_t T, int64_t N,
-                      int dt, double k, double v_th, double v_reset, int hard, int leaky,
-                      int decay, int nthreads) {
-    struct lif_ctx c = {.x = x, .v0 = v0, .s = s, .v_last = v_last, .T = T, .N = N, .dt = dt,
-                        .charge = charge_mode(leaky, decay), .hard = hard, .k = (real)k,
-                        .v_th = (real)v_th, .v_reset = (real)v_reset};
-    parallel_for(lif_fwd_range, &c, N, lif_grain(T), LIF_BLOCK, nthreads);
+/* Forward.  Returns 0, or −1 when a work buffer could not be allocated. */
+int htaf_lif_forward(const void *x, const void *v0, void *s, void *v_last, int64_t T, int64_t N,
+                     int dt, double k, double v_th, double v_reset, int hard, int leaky,
+                     int decay, int nthreads) {
+    int failed = 0;
+    struct lif_ctx c = {.x = x, .v0 = v0, .s = s, .v_last = v_last, .failed = &failed, .T = T,
+                        .N = N, .dt = dt, .charge = charge_mode(leaky, decay), .hard = hard,
+                        .k = (real)k, .v_th = (real)v_th, .v_reset = (real)v_reset};
+    parallel_for(lif_fwd_range, &c, N, lif_grain(T), lif_block(T), nthreads);
+    return failed ? -1 : 0;
 }
 
 static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
@@ -510,28 +526,30 @@ static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
     const int need_gk = c->gk_blocks != NULL;
     const real k = c->k;
     const real dx_dh = c->charge == CHARGE_DECAY ? k : 1, dv_dh = c->charge == CHARGE_IF ? 1 : 1 - k;
-    /* per block: H[t] (T·LIF_BLOCK), and ∂H[t]/∂k when dL/dk is wanted */
-    real *hbuf = (real *)malloc((size_t)T * LIF_BLOCK * sizeof(real) * (need_gk ? 2 : 1));
-    if (!hbuf) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
-    real *dkbuf = need_gk ? hbuf + T * LIF_BLOCK : NULL;
-    real v[LIF_BLOCK], gv[LIF_BLOCK], sg[LIF_BLOCK], u[LIF_BLOCK], xb[LIF_BLOCK], gb[LIF_BLOCK];
-    real ob[LIF_BLOCK], gh[LIF_BLOCK];
-    double gk[LIF_BLOCK];
-    for (int64_t j0 = lo; j0 < hi; j0 += LIF_BLOCK) {
-        int64_t n = hi - j0 < LIF_BLOCK ? hi - j0 : LIF_BLOCK;
+    const int64_t B = lif_block(T);
+    /* per block: H[t] (T·B), ∂H[t]/∂k when dL/dk is wanted (T·B), eight rows of B, dL/dk lanes */
+    const size_t rows = (size_t)T * B * (need_gk ? 2 : 1) + 8 * (size_t)B;
+    double *gk = (double *)malloc(rows * sizeof(real) + (size_t)B * sizeof(double));
+    if (!gk) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
+    real *hbuf = (real *)(gk + B);
+    real *dkbuf = need_gk ? hbuf + T * B : NULL;
+    real *v = hbuf + T * B * (need_gk ? 2 : 1), *gv = v + B, *sg = gv + B, *u = sg + B;
+    real *xb = u + B, *gb = xb + B, *ob = gb + B, *gh = ob + B;
+    for (int64_t j0 = lo; j0 < hi; j0 += B) {
+        int64_t n = hi - j0 < B ? hi - j0 : B;
         /* 1) recompute H (and ∂H/∂k) from X */
         load_block(c->dt, c->v0, j0, v, n);
         for (int64_t t = 0; t < T; ++t) {
             const real *x = view_in(c->dt, c->x, t * N + j0, xb, n);
-            lif_row(c, need_gk ? ROW_H_DK : ROW_H, v, x, hbuf + t * LIF_BLOCK,
-                    need_gk ? dkbuf + t * LIF_BLOCK : NULL, n);
+            lif_row(c, need_gk ? ROW_H_DK : ROW_H, v, x, hbuf + t * B,
+                    need_gk ? dkbuf + t * B : NULL, n);
         }
         /* 2) reverse time: gv = dL/dV[t], gh = dL/dH[t] */
         load_block(c->dt, c->gv, j0, gv, n);
         if (need_gk)
             for (int64_t j = 0; j < n; ++j) gk[j] = 0;
         for (int64_t t = T - 1; t >= 0; --t) {
-            const real *restrict h = hbuf + t * LIF_BLOCK;
+            const real *restrict h = hbuf + t * B;
             for (int64_t j = 0; j < n; ++j) u[j] = h[j] - c->v_th;
             surrogate_block(c->kind, c->c, c->scale, u, NULL, sg, n);
             const int64_t off = t * N + j0;
@@ -540,7 +558,7 @@ static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
             lif_bptt(c, dx_dh, dv_dh, h, sg, gs, gv, gx, gh, n);
             flush_out(c->dt, ob, c->gx, off, n);
             if (need_gk) {   /* dL/dk = Σ_t Σ_j dL/dH[t]·∂H[t]/∂k, in float64 */
-                const real *restrict dk = dkbuf + t * LIF_BLOCK;
+                const real *restrict dk = dkbuf + t * B;
                 for (int64_t j = 0; j < n; ++j) gk[j] += (double)gh[j] * (double)dk[j];
             }
         }
@@ -548,10 +566,10 @@ static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
         if (need_gk) {
             double sum = 0;
             for (int64_t j = 0; j < n; ++j) sum += gk[j];
-            c->gk_blocks[j0 / LIF_BLOCK] = sum;
+            c->gk_blocks[j0 / B] = sum;
         }
     }
-    free(hbuf);
+    free(gk);
 }
 
 /* BPTT.  Returns 0, or −1 when a work buffer could not be allocated. */
@@ -560,7 +578,7 @@ int htaf_lif_backward(const void *gs, const void *gv_last, const void *x, const 
                       double v_th, double v_reset, int hard, int leaky, int decay, int detach,
                       int kind, double c0, double c1, double c2, double scale, int need_gk,
                       int nthreads) {
-    int64_t blocks = (N + LIF_BLOCK - 1) / LIF_BLOCK;
+    int64_t blocks = (N + lif_block(T) - 1) / lif_block(T);
     double *parts = NULL;
     int failed = 0;
     if (need_gk && !(parts = (double *)calloc((size_t)(blocks > 0 ? blocks : 1), sizeof(double))))
@@ -571,7 +589,7 @@ int htaf_lif_backward(const void *gs, const void *gv_last, const void *x, const 
                         .kind = kind, .k = (real)k, .v_th = (real)v_th,
                         .v_reset = (real)v_reset, .c = {(real)c0, (real)c1, (real)c2},
                         .scale = (real)scale};
-    parallel_for(lif_bwd_range, &c, N, lif_grain(T), LIF_BLOCK, nthreads);
+    parallel_for(lif_bwd_range, &c, N, lif_grain(T), lif_block(T), nthreads);
     if (need_gk) {
         double sum = 0;
         for (int64_t i = 0; i < blocks; ++i) sum += parts[i];   /* fixed order: thread-count free */
