@@ -267,25 +267,21 @@ def markdown(report: dict) -> str:
     lines.append(f"| *ideal (2.5 × copy_)* | {ideal} |")
     lines.append("")
     lif = report["lif"]
-    lkeys = [(tuple(r["shape"]), r["threads"]) for r in lif]
-    lby = {(tuple(r["shape"]), r["threads"]): {row["name"]: row for row in r["rows"]}
-           for r in lif}
-    head = ["LIF fwd+BPTT, fp32"] + [f"{list(s)}, {t} thr" for s, t in lkeys]
+    names = list(dict.fromkeys(row["name"] for r in lif for row in r["rows"]))
+    head = ["LIF fwd+BPTT, fp32, ms (× ideal)", "ideal"] + names + ["htaf (HTAF) vs fastest peer"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in lby[lkeys[0]]:
-        cells = []
-        for k in lkeys:
-            row = lby[k][name]
+    for r in lif:
+        rows = {row["name"]: row for row in r["rows"]}
+        cells = [f"{r['shape']}, {r['threads']} thr", f"{r['ideal_ms']:.2f}"]
+        for name in names:
+            row = rows.get(name, {"missing": "—"})
             cells.append("missing" if "missing" in row else
-                         f"{row['ms']:.1f} ms ({row['x_ideal']:.1f}×)")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    cells = []
-    for k in lkeys:
-        ours = lby[k].get("htaf LIFNode, native (HTAF)", {}).get("ms")
-        peers = [row["ms"] for name, row in lby[k].items()
+                         f"{row['ms']:.1f} ({row['x_ideal']:.1f}×)")
+        ours = rows.get("htaf LIFNode, native (HTAF)", {}).get("ms")
+        peers = [row["ms"] for name, row in rows.items()
                  if name.startswith(("SpikingJelly", "snnTorch")) and "ms" in row]
-        cells.append(f"{min(peers) / ours:.1f}×" if ours and peers else "—")
-    lines.append("| *speed-up of htaf (HTAF) over the fastest peer* | " + " | ".join(cells) + " |")
+        cells.append(f"{min(peers) / ours:.1f}× faster" if ours and peers else "—")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -443,7 +443,7 @@ def test_benchmark_tables_and_docs_markers(tmp_path):
                           {"name": "SpikingJelly", "missing": "missing (ImportError)"}]}],
     }
     text = bench.markdown(report)
-    assert "| htaf (smooth) | 2.00× | 2.00× |" in text and "| 3.0× |" in text
+    assert "| htaf (smooth) | 2.00× | 2.00× |" in text and "| 3.0× faster |" in text
     doc = tmp_path / "k.md"
     doc.write_text(f"intro\n{bench.DOCS_BEGIN}\nold\n{bench.DOCS_END}\nend\n")
     bench.update_docs(doc, text)
