@@ -12,15 +12,15 @@ derivative computed in registers:
   semantics of :mod:`htaf.kernels.lif` (the backward recomputes H from X, the only saved sequence;
   dL/dk for PLIF).
 
-**Why plain C.** Measured on the 2-core AMD EPYC (Zen 3, AVX2) this was written on, gcc builds the
-source below in about 2 s and the library is cached per machine (:mod:`htaf._build`); a PyTorch
-C++ extension over ATen's vectorised math takes 40–60 s to build in a fresh environment, too much
-for CI and for a user's first call. ``torch.compile`` of the formulas (Inductor's C++ backend)
-reaches similar speed but compiles for seconds per new shape and graph, and needs a C++ toolchain
-as well. gcc vectorises a ``tanh``/``exp`` only with ``-ffast-math``, which breaks NaN and inf, so
-the one transcendental, e^v for v ≤ 0, is our own branch-free polynomial (about 1 ulp; subnormal
-results correctly rounded), with NaN and ±inf handled explicitly; every loop is vectorised by the
-compiler (``-O3 -march=native``, falling back to ``-O3``).
+**Why plain C** (measured on the 2-core AMD EPYC, Zen 3 with AVX2, this was written on; details
+and numbers in ``docs/kernels.md``): gcc builds the source in about 4 s of CPU, once per machine
+(cached by :mod:`htaf._build`), where a minimal PyTorch C++ extension over ATen's vectorised math
+took 60 s, too much for CI and a user's first call; ``torch.compile`` of the formulas (Inductor's
+C++) ran 1.3–3× slower in the same benchmark and compiles per new graph and shape. gcc vectorises
+``tanh``/``exp`` only with ``-ffast-math``, which breaks NaN and inf, so the one transcendental,
+e^v for v ≤ 0, is our own branch-free polynomial (about 1 ulp; subnormal results correctly
+rounded), with NaN and ±inf handled explicitly; every loop is vectorised by the compiler
+(``-O3 -march=native``, falling back to ``-O3``).
 
 **Numerics.** The formulas and their NaN/±inf conventions are the references', written in the
 same stable form as the Triton kernels (``tanh(u) = sign(u)(1 − t)/(1 + t)``,
