@@ -128,7 +128,7 @@ def check(res: dict) -> None:
 @pytest.fixture(scope="module")
 def interpreted_results():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", HTAF_NO_NATIVE="1",
                PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
                           check=False, timeout=300, cwd=ROOT)
@@ -241,7 +241,7 @@ def test_kernel_backward_with_non_contiguous_grad_interpreted():
     so a consumer that permutes the spikes (e.g. [T, B, C] → [B, C, T] for a temporal conv)
     got scrambled input gradients from the fused kernel."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", HTAF_NO_NATIVE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _TRANSPOSED_GRAD], env=env, capture_output=True,

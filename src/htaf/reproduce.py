@@ -26,6 +26,7 @@ pipeline, it measures nothing.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ PARTS: dict[str, Part] = {
 }
 
 SPEED = (("bench_activation.py", "bench_activation.json"), ("bench_lif.py", "bench_lif.json"),
-         ("bench_bnn_infer.py", "bench_bnn_infer.json"))
+         ("bench_bnn_infer.py", "bench_bnn_infer.json"), ("bench_cpu.py", "bench_cpu.json"))
 
 
 def _repo_root() -> Path:
@@ -286,7 +287,8 @@ def run_speed(out: Path, *, smoke: bool = False, say=print) -> list[Path]:
              "bench_lif.py": ["--T", "2", "--size", "2", "4", "4", "4", "--reps", "1",
                               "--dtypes", "fp32"],
              "bench_bnn_infer.py": ["--width-mult", "0.0625", "--repeats", "1", "1",
-                                    "--batch-sizes", "1", "2"]}
+                                    "--batch-sizes", "1", "2"],
+             "bench_cpu.py": ["--quick"]}
     written = []
     for script, json_name in SPEED:
         target = (out / json_name).resolve()  # the scripts run in the repo root, not our cwd
@@ -462,6 +464,8 @@ def _speed_rows(name: str, rec: dict) -> list[tuple[str, str]]:
                 peak = "" if r.get("peak_mb") is None else f", peak {r['peak_mb']:.0f} MiB"
                 out.append((f"{r['name']} ({res['dtype']}, T={rec.get('T')})",
                             f"{r['x_ideal']:.2f}× ideal ({r['ms']:.3f} ms){peak}"))
+    elif name == "bench_cpu.json":
+        out += _cpu_speed_rows(rec)
     elif name == "bench_bnn_infer.json":
         sizes = rec.get("sizes", {})
         if sizes:
@@ -480,6 +484,29 @@ def _speed_rows(name: str, rec: dict) -> list[tuple[str, str]]:
             out.append((f"CPU latency, {where}, packed",
                         f"{ms:.2f} ms; " + ", ".join(f"{name} {v:.2f} ms ({v / ms:.1f}×)"
                                                     for name, v in peers if v)))
+    return out
+
+
+def _cpu_speed_rows(rec: dict) -> list[tuple[str, str]]:
+    """bench_cpu.json, one thread: the two HTAF modes against the ideal (and the PyTorch reference
+    they replace), and the largest LIF case against the peers."""
+    out = []
+    for r in rec.get("activations", []):
+        if r["threads"] != 1:
+            continue
+        rows = {row["name"]: row for row in r["rows"]}
+        size = f"{r['size'] // 2**20}M" if r["size"] % 2**20 == 0 else str(r["size"])
+        for mode in ("heaviside (HTAF)", "htaf (smooth)"):
+            if mode in rows and f"reference: {mode}" in rows:
+                out.append((f"CPU {mode} fwd+bwd, {size} fp32, 1 thread",
+                            f"{rows[mode]['x_ideal']:.2f}× ideal (PyTorch reference "
+                            f"{rows['reference: ' + mode]['x_ideal']:.1f}×)"))
+    lif = [r for r in rec.get("lif", []) if r["threads"] == 1]
+    for r in sorted(lif, key=lambda r: -math.prod(r["shape"]))[:1]:
+        rows = [row for row in r["rows"] if "missing" not in row]
+        cells = ", ".join(f"{row['name']} {row['ms']:.1f} ms" for row in rows
+                          if "PyTorch loop" not in row["name"] and "(Sigmoid)" not in row["name"])
+        out.append((f"CPU LIF fwd+BPTT {r['shape']} fp32, 1 thread", cells))
     return out
 
 

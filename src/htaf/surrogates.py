@@ -261,7 +261,8 @@ def step(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
 
 
 def _as_tensors(params: Params, like: torch.Tensor) -> list[torch.Tensor]:
-    """Hyperparameters as 0-d float32 tensors on ``like``'s device (what the fused ops take)."""
+    """Hyperparameters as 0-d tensors on ``like``'s device (what the fused ops take); numbers become
+    float64 scalars, so a float64 computation sees them unrounded."""
     return [p if isinstance(p, torch.Tensor) else _scalar(float(p), like.device) for p in params]
 
 
@@ -275,7 +276,7 @@ def _scalar(value: float, device: torch.device) -> torch.Tensor:
     if t is None:
         if len(_SCALARS) > 4096:
             _SCALARS.clear()
-        t = _SCALARS[key] = torch.tensor(value, dtype=torch.float32, device=device)
+        t = _SCALARS[key] = torch.tensor(value, dtype=torch.float64, device=device)
     return t
 
 

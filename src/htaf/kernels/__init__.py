@@ -73,7 +73,7 @@ def _fused(device_type: str, device: torch.device, dtype: torch.dtype) -> bool:
     if device_type == "cuda":
         return dtype in TRITON_DTYPES and _triton_ready() and _cuda_capable(device)
     if device_type == "cpu":
-        return dtype.is_floating_point and _native_ready()
+        return dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16) and _native_ready()
     return False
 
 

@@ -47,7 +47,7 @@ def _(x, v0, k, v_threshold, v_reset, hard, leaky, decay_input, detach_reset, ki
 def _(gs, gv_last, x, h, v0, k, v_threshold, v_reset, hard, leaky, decay_input, detach_reset,
       kind, params, scale, need_gk):
     return (torch.empty_like(gs, memory_format=torch.contiguous_format), torch.empty_like(v0),
-            gs.new_empty(1, dtype=torch.float32))
+            k.new_empty(1))
 
 
 def _setup_context(ctx, inputs, output):
@@ -95,10 +95,11 @@ def lif_multistep(x_seq: torch.Tensor, v_init: torch.Tensor, k, *, v_threshold: 
     v0 = v_init.to(x_seq.dtype).reshape(-1).contiguous()
     if v0.numel() != x2.shape[1]:
         raise ValueError(f"v_init has {v0.numel()} elements, expected {x2.shape[1]}")
+    k_dtype = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
     if isinstance(k, torch.Tensor):
-        kt = k.to(device=x_seq.device, dtype=torch.float32).reshape(1)
+        kt = k.to(device=x_seq.device, dtype=k_dtype).reshape(1)
     else:
-        kt = torch.full((1,), float(k), device=x_seq.device, dtype=torch.float32)
+        kt = torch.full((1,), float(k), device=x_seq.device, dtype=k_dtype)
     hard = v_reset is not None
     store_h = x_seq.is_cuda and T > MAX_T_RECOMPUTE
     s, v_last, _ = torch.ops.htaf.lif_forward(

@@ -1,0 +1,436 @@
+"""The CPU paths: HTAF, every baseline surrogate and the multi-step LIF neuron against the memory
+ideal and the peers, measured side by side in one run.
+
+Part 1, activations (fp32, forward + backward through autograd, as a layer runs them):
+``htaf`` (smooth), ``heaviside`` (straight-through with HTAF) and every baseline surrogate
+(straight-through) on the native kernels (``htaf.kernels.cpu``); the same two HTAF modes on the
+PyTorch reference those kernels replace (``HTAF_NO_NATIVE``'s path) and as the naive eager
+formula a user would write. Ideal = the time of moving the bytes: forward reads x and writes y,
+backward reads grad and x and writes dx, 5 tensor passes = 2.5 × a ``copy_`` of the tensor,
+measured in the same run. Also shown: ``x*1`` forward + backward through autograd (the yardstick
+issue 16 quoted), a real autograd op that only moves bytes.
+
+Part 2, the LIF neuron (fp32, multi-step forward + BPTT, T steps): ``htaf.nn.LIFNode`` on the
+native kernel (HTAF, and Sigmoid like SpikingJelly's default) and on the reference loop;
+SpikingJelly 2.0 ``LIFNode`` (its CPU path, default Sigmoid surrogate, and HTAF through
+``htaf.interop.spikingjelly_surrogate``); snnTorch 1.0 ``Leaky`` with ``surrogate.atan()``.
+Same input, same gradient, same thread count. Ideal = 2.5 × a copy of X (5 passes of T·N).
+
+Timing: wall clock, the best of ``--reps`` calls per row (medians in the JSON too), the rows of a
+table interleaved round-robin so that a change of machine load hits them alike. Ratios are to the
+ideal of the same table. Results go to ``benchmarks/results/bench_cpu.json`` (``--json``); the
+tables of ``docs/kernels.md`` are generated from it (``--update-docs docs/kernels.md``).
+
+    python benchmarks/bench_cpu.py                          # full run (~5 min on 2 cores)
+    python benchmarks/bench_cpu.py --quick                  # smoke run, seconds
+    python benchmarks/bench_cpu.py --markdown               # print the docs tables of the JSON
+    python benchmarks/bench_cpu.py --compile                # also torch.compile of the formulas
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import htaf
+from htaf import functional as F
+from htaf.kernels import cpu
+from htaf.nn import LIFNode
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_cpu.json"
+BASELINES = ("sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadratic",
+             "piecewise_exp", "erf", "triangle", "rect", "ste", "approx_sign", "swish_sign")
+
+
+# ----------------------------------------------------------------------------- timing
+def interleaved_times(fns: dict, reps: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Best and median wall milliseconds of each callable, calls interleaved round-robin.
+
+    The tables use the best of ``reps``: on a machine shared with other jobs the median measures
+    them as much as us, the minimum what the code costs (both are in the JSON)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: {"min": min(s), "median": statistics.median(s)} for name, s in samples.items()}
+
+
+@contextlib.contextmanager
+def reference_path():
+    """The ops as before the native kernels: every CPU op falls back to its PyTorch reference."""
+    saved = dict(cpu._loaded)
+    cpu._loaded.update({name: None for name in ("htaf_cpu_f32", "htaf_cpu_f64")})
+    try:
+        yield
+    finally:
+        cpu._loaded.clear()
+        cpu._loaded.update(saved)
+
+
+def on_reference(fn):
+    def run():
+        with reference_path():
+            return fn()
+    return run
+
+
+# ----------------------------------------------------------------------------- activations
+def plain_htaf(x):
+    return torch.sigmoid(0.5 * x + 4.0 * torch.tanh(x))
+
+
+def plain_heaviside(x):
+    soft = plain_htaf(x)
+    return soft + ((x >= 0).to(x.dtype) - soft).detach()
+
+
+def activation_rows(compile_: bool = False) -> dict:
+    rows = {
+        "htaf (smooth)": lambda x: F.htaf(x),
+        "heaviside (HTAF)": lambda x: F.heaviside(x),
+    }
+    rows.update({f"heaviside ({name})": (lambda x, n=name: F.heaviside(x, n))
+                 for name in BASELINES})
+    rows["reference: htaf (smooth)"] = rows["htaf (smooth)"]
+    rows["reference: heaviside (HTAF)"] = rows["heaviside (HTAF)"]
+    rows["eager formula: htaf (smooth)"] = plain_htaf
+    rows["eager formula: heaviside (HTAF)"] = plain_heaviside
+    if compile_:
+        rows["torch.compile formula: htaf (smooth)"] = torch.compile(plain_htaf)
+        rows["torch.compile formula: heaviside (HTAF)"] = torch.compile(plain_heaviside)
+    rows["x*1 (autograd yardstick)"] = lambda x: x * 1
+    return rows
+
+
+def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
+                      compile_: bool = False) -> dict:
+    torch.set_num_threads(threads)
+    x = torch.randn(size) * 3
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn(size)
+    dst = torch.empty_like(x)
+    rows = activation_rows(compile_)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(xg), xg, grad)
+
+    compile_s = {}
+    for name, fn in rows.items():
+        if name.startswith("torch.compile"):   # the first call compiles: time it apart
+            t0 = time.perf_counter()
+            fwd_bwd(fn)()
+            compile_s[name] = time.perf_counter() - t0
+
+    fns = {"copy_": lambda: dst.copy_(x)}
+    fns.update({name: fwd_bwd(fn) for name, fn in rows.items() if not name.startswith("ref")})
+    times = interleaved_times(fns, reps)
+    refs = {name: on_reference(fwd_bwd(fn)) for name, fn in rows.items()
+            if name.startswith("ref")}
+    times.update(interleaved_times(refs, reference_reps, warmup=1))
+    ideal = 2.5 * times["copy_"]["min"]
+    out = {"size": size, "threads": threads, "copy_ms": times["copy_"]["min"], "ideal_ms": ideal,
+           "copy_median_ms": times["copy_"]["median"],
+           "rows": [{"name": name, "ms": times[name]["min"], "x_ideal": times[name]["min"] / ideal,
+                     "median_ms": times[name]["median"]} for name in rows]}
+    if compile_s:
+        out["compile_s"] = compile_s
+    return out
+
+
+# ----------------------------------------------------------------------------- LIF
+def lif_rows(device="cpu") -> dict:
+    rows: dict[str, object] = {}
+
+    def ours(**kw):
+        node = LIFNode(tau=2.0, step_mode="m", **kw)
+        return lambda x: (node.reset(), node(x))[1]
+
+    rows["htaf LIFNode, native (HTAF)"] = ours()
+    rows["htaf LIFNode, native (Sigmoid)"] = ours(surrogate="sigmoid")
+    rows["htaf LIFNode, PyTorch loop (HTAF)"] = ours(backend="torch")
+    try:
+        from spikingjelly.activation_based import functional as sjf
+        from spikingjelly.activation_based import neuron as sjn
+
+        from htaf.interop import spikingjelly_surrogate
+
+        for label, kw in (("Sigmoid, its default", {}),
+                          ("HTAF via htaf.interop", {"surrogate_function":
+                                                     spikingjelly_surrogate("htaf")})):
+            node = sjn.LIFNode(tau=2.0, step_mode="m", **kw)
+            rows[f"SpikingJelly LIFNode ({label})"] = (
+                lambda x, node=node: (sjf.reset_net(node), node(x))[1])
+    except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
+        rows["SpikingJelly"] = f"missing ({type(e).__name__}: {e})"
+    try:
+        import snntorch
+        from snntorch import surrogate as sts
+
+        leaky = snntorch.Leaky(beta=0.5, spike_grad=sts.atan())
+
+        def snn_step(x):
+            mem = leaky.init_leaky()
+            out = []
+            for t in range(x.shape[0]):
+                s, mem = leaky(x[t], mem)
+                out.append(s)
+            return torch.stack(out)
+
+        rows["snnTorch Leaky (atan)"] = snn_step
+    except Exception as e:  # noqa: BLE001
+        rows["snnTorch"] = f"missing ({type(e).__name__}: {e})"
+    return rows
+
+
+def bench_lif(shape: tuple[int, ...], threads: int, reps: int) -> dict:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen) * 1.5 + 0.5).requires_grad_()
+    g = torch.randn(shape, generator=gen)
+    rows = lif_rows()
+
+    def fwd_bwd(step):
+        def run():
+            x.grad = None
+            step(x).backward(g)
+        return run
+
+    fns = {"copy": lambda: x.detach().clone()}
+    fns.update({name: fwd_bwd(step) for name, step in rows.items() if not isinstance(step, str)})
+    times = interleaved_times(fns, reps)
+    ideal = 2.5 * times["copy"]["min"]
+    out = []
+    for name, step in rows.items():
+        if isinstance(step, str):
+            out.append({"name": name, "missing": step})
+        else:
+            t = times[name]
+            out.append({"name": name, "ms": t["min"], "x_ideal": t["min"] / ideal,
+                        "median_ms": t["median"]})
+    return {"shape": list(shape), "threads": threads, "copy_ms": times["copy"]["min"],
+            "ideal_ms": ideal, "rows": out}
+
+
+# ----------------------------------------------------------------------------- report
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "htaf": htaf.__version__}
+    for pkg in ("spikingjelly", "snntorch"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001
+            out[pkg] = None
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _size_label(n: int) -> str:
+    return f"{n // 2**20}M" if n % 2**20 == 0 else str(n)
+
+
+def markdown(report: dict) -> str:
+    """The docs tables: activations (× ideal per size and thread count), then LIF."""
+    act = report["activations"]
+    keys = [(r["size"], r["threads"]) for r in act]
+    by = {(r["size"], r["threads"]): {row["name"]: row for row in r["rows"]} for r in act}
+    head = ["fwd+bwd, fp32"] + [f"{_size_label(s)}, {t} thr" for s, t in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in by[keys[0]]:
+        cells = [f"{by[k][name]['x_ideal']:.2f}×" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ideal = " | ".join(f"{r['ideal_ms']:.2f} ms" for r in act)
+    lines.append(f"| *ideal (2.5 × copy_)* | {ideal} |")
+    lines.append("")
+    lif = report["lif"]
+    if not lif:
+        return "\n".join(lines)
+    names = list(dict.fromkeys(row["name"] for r in lif for row in r["rows"]))
+    head = ["LIF fwd+BPTT, fp32, ms (× ideal)", "ideal"] + names + ["htaf (HTAF) vs fastest peer"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in lif:
+        rows = {row["name"]: row for row in r["rows"]}
+        cells = [f"{r['shape']}, {r['threads']} thr", f"{r['ideal_ms']:.2f}"]
+        for name in names:
+            row = rows.get(name, {"missing": "—"})
+            cells.append("missing" if "missing" in row else
+                         f"{row['ms']:.1f} ({row['x_ideal']:.1f}×)")
+        ours = rows.get("htaf LIFNode, native (HTAF)", {}).get("ms")
+        peers = [row["ms"] for name, row in rows.items()
+                 if name.startswith(("SpikingJelly", "snnTorch")) and "ms" in row]
+        cells.append(f"{min(peers) / ours:.1f}× faster" if ours and peers else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _titled(report: dict) -> str:
+    load = report.get("load_average_start", [])
+    head = (f"`{report.get('command', '?')}` — {report.get('device', '?')}, torch "
+            f"{report.get('versions', {}).get('torch', '?')}, allocator: "
+            f"{report.get('allocator', 'default')}, load average at start "
+            f"{', '.join(str(v) for v in load) or '?'}")
+    return head + "\n\n" + markdown(report)
+
+
+DOCS_BEGIN = "<!-- bench_cpu:begin (generated by benchmarks/bench_cpu.py --update-docs) -->"
+DOCS_END = "<!-- bench_cpu:end -->"
+
+
+def update_docs(doc: Path, tables: str) -> None:
+    body = doc.read_text()
+    if DOCS_BEGIN not in body or DOCS_END not in body:
+        raise SystemExit(f"{doc} has no bench_cpu markers ({DOCS_BEGIN!r} ... {DOCS_END!r})")
+    head, rest = body.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    doc.write_text(f"{head}{DOCS_BEGIN}\n{tables}\n{DOCS_END}{tail}")
+    print(f"updated {doc}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[2**20, 2**24],
+                   help="activation tensor sizes (elements)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--reps", type=int, default=15, help="timed calls per row")
+    p.add_argument("--reference-reps", type=int, default=5,
+                   help="timed calls of the (slow) reference rows")
+    p.add_argument("--T", type=int, nargs="+", default=[4, 8], help="LIF time steps")
+    p.add_argument("--lif-shapes", default="128x512,32x32x16x16",
+                   help="per-step LIF shapes, comma-separated (BxN and a conv-shaped BxCxHxW)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile (Inductor C++) of the plain formulas; first-call "
+                        "compile time recorded apart")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc: keep freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^30, "
+                        "as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 would), so a new "
+                        "output tensor reuses pages instead of faulting in fresh ones")
+    p.add_argument("--no-lif", action="store_true", help="only the activation tables")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few reps (smoke run)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="output (default benchmarks/results/bench_cpu.json)")
+    p.add_argument("--no-json", action="store_true", help="print only")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the docs tables of an existing JSON (--json) and exit")
+    p.add_argument("--also", type=Path, nargs="*", default=[], metavar="JSON",
+                   help="with --markdown/--update-docs: more result files, tables appended")
+    p.add_argument("--update-docs", type=Path, default=None, metavar="MD",
+                   help="replace the tables between the bench_cpu markers of MD (docs/kernels.md) "
+                        "with those of the JSON (--json) and exit")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.reps, args.reference_reps, args.T = [4096], 3, 1, [2]
+        args.lif_shapes = "4x64,2x4x4x4"
+        args.no_json = args.json is None
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    path = args.json or RESULTS
+    if args.markdown or args.update_docs:
+        text = "\n\n".join(_titled(json.loads(p.read_text())) for p in [path, *args.also])
+        if args.update_docs:
+            update_docs(args.update_docs, text)
+        else:
+            print(text)
+        return {}
+    if not cpu.available():
+        print(f"note: native CPU kernels unavailable ({cpu.backend_error()}): the 'native' rows "
+              "run the reference", file=sys.stderr)
+    allocator = "default"
+    if args.keep_freed_memory:
+        allocator = keep_freed_memory()
+    threads0 = torch.get_num_threads()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.lif_shapes.split(",")]
+    report = {
+        "command": "python " + " ".join([sys.argv[0]] + (list(argv) if argv is not None
+                                                         else sys.argv[1:])),
+        "device": cpu_name(), "cores": torch.get_num_threads(), "versions": versions(),
+        "native": cpu.available(), "dtype": "float32", "allocator": allocator,
+        "load_average_start": list(_loadavg()),
+        "activations": [], "lif": [],
+    }
+    print(f"CPU: {report['device']} | {report['versions']}")
+    try:
+        for threads in args.threads:
+            for size in args.sizes:
+                r = bench_activations(size, threads, args.reps, args.reference_reps,
+                                      args.compile)
+                report["activations"].append(r)
+                print(f"\n[activations] {_size_label(size)} fp32, {threads} thread(s): copy_ "
+                      f"{r['copy_ms']:.3f} ms → ideal {r['ideal_ms']:.3f} ms")
+                for row in r["rows"]:
+                    print(f"  {row['name']:40s} {row['ms']:9.3f} ms {row['x_ideal']:7.2f}×")
+                for name, sec in r.get("compile_s", {}).items():
+                    print(f"  ({name}: first call, compiling, {sec:.1f} s)")
+        for threads in args.threads if not args.no_lif else ():
+            for T in args.T:
+                for shape in shapes:
+                    r = bench_lif((T, *shape), threads, args.reps)
+                    report["lif"].append(r)
+                    print(f"\n[LIF] {[T, *shape]} fp32, {threads} thread(s): ideal "
+                          f"{r['ideal_ms']:.3f} ms")
+                    for row in r["rows"]:
+                        if "missing" in row:
+                            print(f"  {row['name']:42s} {row['missing']}")
+                        else:
+                            print(f"  {row['name']:42s} {row['ms']:9.3f} ms "
+                                  f"{row['x_ideal']:7.2f}×")
+    finally:
+        torch.set_num_threads(threads0)
+    report["load_average_end"] = list(_loadavg())
+    print("\n" + markdown(report))
+    if not args.no_json:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    return report
+
+
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory (no mmap per large block, no trimming)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_max = -1, -4
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**30)):
+        raise SystemExit("--keep-freed-memory needs glibc's mallopt")
+    return "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^30)"
+
+
+def _loadavg() -> tuple[float, ...]:
+    try:
+        import os
+
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except (OSError, AttributeError):
+        return ()
+
+
+if __name__ == "__main__":
+    main()

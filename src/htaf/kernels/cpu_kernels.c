@@ -1,0 +1,600 @@
+/* Fused CPU kernels of the HTAF op family: one pass over memory per op, vectorised by the
+ * compiler, split over threads for large tensors.  Loaded by htaf/kernels/cpu.py (read that
+ * module's docstring first); the PyTorch references in htaf/kernels/{reference,baselines,lif}.py
+ * are the definition these kernels are tested against.
+ *
+ * The file is compiled twice (htaf._build caches each library per machine):
+ *   HTAF_F64 undefined: math in float32; storage float32, float16 or bfloat16 (dtype code 0/1/2),
+ *                       converted on load, rounded once on store;
+ *   HTAF_F64=1:         math and storage in float64 (dtype code 0 only; libm's exp).
+ *
+ * Vectorisation without -ffast-math (which would break NaN and inf): every per-element function
+ * is branch-free C (selects written as ?:) that gcc/clang vectorise at -O3, and the only
+ * transcendental, exp, is our own polynomial for float32 (exp_nonpos below).  Every caller passes
+ * it a non-positive argument (−|·| or −(·)²), so it never overflows.
+ *
+ * Threads: plain pthreads.  A call splits its range into at most `nthreads` contiguous pieces
+ * (the caller passes torch.get_num_threads()) only when each piece gets at least `grain`
+ * elements; the results do not depend on the thread count (elementwise ops trivially, the LIF's
+ * dL/dk by summing fixed-size blocks in a fixed order).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+#ifdef HTAF_F64
+typedef double real;
+#else
+typedef float real;
+#endif
+
+#define BLK 512            /* elements per inner block: buffers stay in L1 */
+#define MAX_THREADS 256
+
+enum { DT_NATIVE = 0, DT_F16 = 1, DT_BF16 = 2 };
+
+/* ------------------------------------------------------------------------------- threads */
+typedef void (*range_fn)(void *ctx, int64_t lo, int64_t hi);
+
+struct piece { range_fn fn; void *ctx; int64_t lo, hi; };
+
+static void *run_piece(void *arg) {
+    struct piece *p = (struct piece *)arg;
+    p->fn(p->ctx, p->lo, p->hi);
+    return NULL;
+}
+
+/* fn(ctx, lo, hi) over [0, n) in at most nthreads pieces of >= grain elements each, piece
+ * boundaries multiples of `align`.  The calling thread runs the first piece. */
+static void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int64_t align,
+                         int nthreads) {
+    if (n <= 0) return;
+    int64_t most = n / (grain > 0 ? grain : 1);
+    if (nthreads > most) nthreads = (int)most;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads <= 1) { fn(ctx, 0, n); return; }
+    int64_t per = (n + nthreads - 1) / nthreads;
+    per = (per + align - 1) / align * align;
+    struct piece pieces[MAX_THREADS];
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int i = 1; i < nthreads; ++i) {
+        int64_t lo = i * per, hi = lo + per < n ? lo + per : n;
+        pieces[i] = (struct piece){fn, ctx, lo, hi};
+        started[i] = lo < hi && pthread_create(&threads[i], NULL, run_piece, &pieces[i]) == 0;
+        if (!started[i] && lo < hi) fn(ctx, lo, hi);   /* no thread to be had: run it here */
+    }
+    fn(ctx, 0, per < n ? per : n);
+    for (int i = 1; i < nthreads; ++i)
+        if (started[i]) pthread_join(threads[i], NULL);
+}
+
+/* ---------------------------------------------------------------------- float32 exponential */
+#ifdef HTAF_F64
+static inline double exp_nonpos(double v) { return exp(v); }
+#else
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* e^v for v <= 0.  NaN gives NaN, −inf gives 0, results below 2^−126 are correctly rounded
+ * subnormals.  v = n·ln2 + r, |r| <= ln2/2 (ln2 in two parts, so r is exact); e^r − 1 = q =
+ * r + r²·P(r) with P a degree-4 near-minimax fit (relative error 5e-9, far below float32's
+ * 6e-8); then the result is (1 + q)·2^(n+64)·2^−64: the first product is exact and normal, the
+ * second rounds once.  Max error 1.03 ulp over [−110, 0] (tests/test_cpu_kernels.py). */
+static inline float exp_nonpos(float v) {
+    const float shifter = 12582912.0f;                  /* 1.5·2^23: adding it rounds to int */
+    v = v < -110.0f ? -110.0f : v;                      /* NaN compares false: it stays NaN */
+    float kf = v * 1.44269504088896341f + shifter;
+    int32_t n = (int32_t)(bits_of(kf) - bits_of(shifter));   /* round(v / ln 2) in [−159, 0] */
+    kf -= shifter;
+    float r = v - kf * 0.693145751953125f;              /* ln2 high part: 16 significant bits */
+    r = r - kf * 1.42860682030941723e-6f;               /* ln2 − the high part */
+    float p = 1.3879685429856181e-3f;
+    p = p * r + 8.368694223463535e-3f;
+    p = p * r + 4.166722670197487e-2f;
+    p = p * r + 1.666652113199234e-1f;
+    p = p * r + 4.999999701976776e-1f;
+    float q = p * (r * r) + r;
+    return ((q + 1.0f) * float_of((uint32_t)(n + 191) << 23)) * 5.421010862427522e-20f;
+}
+#endif
+
+/* ---------------------------------------------------------------------------- storage types */
+#ifndef HTAF_F64
+/* float16 <-> float32, branch-free bit arithmetic (vectorises; exact; round-to-nearest-even). */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu;
+    /* exponent/mantissa moved into float position is the value times 2^−112 (subnormals too) */
+    float mag = float_of(em << 13) * 5.192296858534828e33f;    /* 2^112 */
+    uint32_t m = bits_of(mag);
+    m = em >= 0x7c00u ? (em << 13) | 0x7f800000u : m;        /* inf and NaN */
+    return float_of(sign | m);
+}
+
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t x = bits_of(f), sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+    /* normal range: rebias the exponent, round to nearest even on the 13 dropped bits */
+    uint32_t normal = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    /* subnormal range (|f| < 2^−14): adding 0.5 puts the rounded value in the low bits */
+    uint32_t sub = bits_of(float_of(a) + 0.5f) - bits_of(0.5f);
+    uint32_t h = a < (113u << 23) ? sub : normal;
+    h = a >= 0x47800000u ? 0x7c00u : h;                       /* >= 65536: overflow to inf */
+    h = a > 0x7f800000u ? 0x7e00u | ((a >> 13) & 0x3ffu) : h; /* NaN stays a (quiet) NaN */
+    return (uint16_t)(sign | h);
+}
+
+static inline float bf16_to_f32(uint16_t h) { return float_of((uint32_t)h << 16); }
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t x = bits_of(f);
+    uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);   /* NaN as torch */
+}
+#endif
+
+/* src[0:n] (storage `dt`) -> dst[0:n] (real), and back.  float16 uses the F16C conversion
+ * instructions where the CPU has them (gcc does not vectorise _Float16 conversions), 8 at a
+ * time, and the bit arithmetic above for the rest: the same IEEE results either way. */
+static void load_block(int dt, const void *src, int64_t off, real *dst, int64_t n) {
+#ifndef HTAF_F64
+    if (dt == DT_F16) {
+        const uint16_t *s = (const uint16_t *)src + off;
+        int64_t j = 0;
+#ifdef __F16C__
+        for (; j + 8 <= n; j += 8)
+            _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + j))));
+#endif
+        for (; j < n; ++j) dst[j] = f16_to_f32(s[j]);
+        return;
+    }
+    if (dt == DT_BF16) {
+        const uint16_t *s = (const uint16_t *)src + off;
+        for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_f32(s[j]);
+        return;
+    }
+#endif
+    (void)dt;
+    memcpy(dst, (const real *)src + off, (size_t)n * sizeof(real));
+}
+
+static void store_block(int dt, const real *src, void *dst, int64_t off, int64_t n) {
+#ifndef HTAF_F64
+    if (dt == DT_F16) {
+        uint16_t *d = (uint16_t *)dst + off;
+        int64_t j = 0;
+#ifdef __F16C__
+        for (; j + 8 <= n; j += 8)
+            _mm_storeu_si128((__m128i *)(d + j),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; j < n; ++j) d[j] = f32_to_f16(src[j]);
+        return;
+    }
+    if (dt == DT_BF16) {
+        uint16_t *d = (uint16_t *)dst + off;
+        for (int64_t j = 0; j < n; ++j) d[j] = f32_to_bf16(src[j]);
+        return;
+    }
+#endif
+    (void)dt;
+    memcpy((real *)dst + off, src, (size_t)n * sizeof(real));
+}
+
+/* A read-only block of `n` reals at element `off`: the storage itself when it holds reals,
+ * else converted into `buf`. */
+static inline const real *view_in(int dt, const void *src, int64_t off, real *buf, int64_t n) {
+    if (dt == DT_NATIVE) return (const real *)src + off;
+    load_block(dt, src, off, buf, n);
+    return buf;
+}
+
+/* Where to write a block: the storage itself for reals, else `buf` (then flush_out). */
+static inline real *view_out(int dt, void *dst, int64_t off, real *buf) {
+    return dt == DT_NATIVE ? (real *)dst + off : buf;
+}
+
+static inline void flush_out(int dt, const real *buf, void *dst, int64_t off, int64_t n) {
+    if (dt != DT_NATIVE) store_block(dt, buf, dst, off, n);
+}
+
+/* ------------------------------------------------------------------------------- the math */
+/* For a >= 0: tanh(a) = (1 − t)·r with t = e^(−2a), r = 1/(1 + t) (and sech²(a) = 4·t·r²).
+ * About 1.5 ulp: near 0, 1 − t is exact (Sterbenz) and only t's rounding reaches it, an
+ * absolute 3e-8 (invisible in HTAF's σ(z) ≈ ½ there); a select of the more accurate form per
+ * range (e^v − 1 near 0, 1 − 2·t·r beyond) gained under an ulp on HTAF and cost 20 % of its
+ * time.  Measured on HTAF: within the conditioning of e^z, like torch's float32 reference
+ * (tests/test_cpu_kernels.py). */
+static inline real tanh_nonneg(real a, real *t, real *r) {
+    *t = exp_nonpos(-2 * a);
+    *r = 1 / (1 + *t);
+    return (1 - *t) * *r;
+}
+
+static inline real htaf_value(real x, real a, real b, real g) {
+    real u = g * x, t, r;
+    real th = tanh_nonneg((real)fabs(u), &t, &r);
+    real z = a * x + b * (u < 0 ? -th : th);
+    real e = exp_nonpos(-(real)fabs(z));
+    real q = 1 / (1 + e);
+    return z >= 0 ? q : e * q;
+}
+
+static inline real htaf_slope(real x, real a, real b, real g) {
+    real u = g * x, t, r;
+    real th = tanh_nonneg((real)fabs(u), &t, &r);
+    real z = a * x + b * (u < 0 ? -th : th);
+    real e = exp_nonpos(-(real)fabs(z));
+    real q = 1 / (1 + e);
+    return (e * q * q) * (a + (4 * b * g) * (t * r * r));
+}
+
+static inline real clamp0(real v) { return v < 0 ? 0 : v; }   /* NaN stays NaN */
+
+/* Derivatives of the surrogates, one per kind id (the ids of htaf.kernels.cpu.KINDS), from the
+ * constants cpu.py computes in float64: c[0..2] = (α, β, γ) for HTAF, else (p, c) as in
+ * htaf.kernels.baselines.constants. */
+#define D_HTAF(x)      htaf_slope(x, c0, c1, c2)
+#define D_SIGMOID(x)   sigmoid_d(x, c0, c1)
+#define D_ATAN(x)      (c0 / (1 + (c1 * (x)) * (c1 * (x))))
+#define D_FASTSIG(x)   (c0 / ((1 + c1 * (real)fabs(x)) * (1 + c1 * (real)fabs(x))))
+#define D_SUPER(x)     (c0 / ((1 + (real)fabs(x)) * (1 + (real)fabs(x))))
+#define D_PQUAD(x)     clamp0(c0 - c1 * (real)fabs(x))
+#define D_PEXP(x)      (c0 * exp_nonpos(-(c1 * (real)fabs(x))))
+#define D_ERF(x)       (c0 * exp_nonpos(-((c1 * (x)) * (c1 * (x)))))
+#define D_TRIANGLE(x)  (c0 * clamp0(1 - (real)fabs(x)))
+#define D_RECT(x)      ((real)fabs(x) < c1 ? c0 : (real)0)
+#define D_STE(x)       ((real)fabs(x) <= c1 ? (real)1 : (real)0)
+#define D_SWISH(x)     swish_d(x, c0, c1)
+
+static inline real sigmoid_d(real x, real p, real c) {
+    real e = exp_nonpos(-(c * (real)fabs(x)));
+    real w = 1 + e;
+    return p * e / (w * w);
+}
+
+static inline real swish_d(real x, real p, real c) {
+    real au = c * (real)fabs(x), t, r;
+    real th = tanh_nonneg(au, &t, &r);
+    real s2 = 4 * t * r * r;
+    real d = p * (2 - 2 * au * th) * s2;
+    return s2 == 0 ? 0 : d;     /* where sech² underflows the derivative is 0, ±inf included */
+}
+
+/* BODY(D) expands to a loop computing D(x); one instance per kind, so each loop vectorises. */
+#define SWITCH_KIND(kind, BODY)                                                            \
+    switch (kind) {                                                                        \
+    case 0: BODY(D_HTAF) break;      case 1: BODY(D_SIGMOID) break;                        \
+    case 2: BODY(D_ATAN) break;      case 3: BODY(D_FASTSIG) break;                        \
+    case 4: BODY(D_SUPER) break;     case 5: case 11: BODY(D_PQUAD) break;                 \
+    case 6: BODY(D_PEXP) break;      case 7: BODY(D_ERF) break;                            \
+    case 8: BODY(D_TRIANGLE) break;  case 9: BODY(D_RECT) break;                           \
+    case 10: BODY(D_STE) break;      default: BODY(D_SWISH) break;                         \
+    }
+
+/* out[j] = gin[j]·(scale·g'(u[j])), or scale·g'(u[j]) when gin is NULL */
+static void surrogate_block(int kind, const real *c, real scale, const real *restrict u,
+                            const real *restrict gin, real *restrict out, int64_t n) {
+    const real c0 = c[0], c1 = c[1], c2 = c[2];
+    (void)c2;
+#define WITH_GRAD(D) for (int64_t j = 0; j < n; ++j) out[j] = gin[j] * (scale * D(u[j]));
+#define NO_GRAD(D)   for (int64_t j = 0; j < n; ++j) out[j] = scale * D(u[j]);
+    if (gin) { SWITCH_KIND(kind, WITH_GRAD) } else { SWITCH_KIND(kind, NO_GRAD) }
+#undef WITH_GRAD
+#undef NO_GRAD
+}
+
+/* ----------------------------------------------------------------------- elementwise ops */
+struct ew_ctx {
+    const void *x, *g;
+    void *out;
+    int dt, kind, signed_;
+    real c[3], scale;
+};
+
+static void step_range(void *p, int64_t lo, int64_t hi) {
+    const struct ew_ctx *k = (const struct ew_ctx *)p;
+    const real low = k->signed_ ? -1 : 0;
+#ifndef HTAF_F64
+    if (k->dt != DT_NATIVE) {   /* 16-bit types: decide on the bits, no conversion */
+        const uint16_t *x = (const uint16_t *)k->x;
+        uint16_t *y = (uint16_t *)k->out;
+        const uint16_t inf = k->dt == DT_F16 ? 0x7c00u : 0x7f80u;
+        const uint16_t one = k->dt == DT_F16 ? 0x3c00u : 0x3f80u;
+        const uint16_t off = k->signed_ ? (uint16_t)(one | 0x8000u) : 0;
+        for (int64_t j = lo; j < hi; ++j) {
+            uint16_t h = x[j], mag = h & 0x7fffu;
+            uint16_t v = h > 0x8000u ? off : one;              /* −0 (0x8000) counts as 0: on */
+            y[j] = mag > inf ? h : v;                          /* NaN stays (same bits) */
+        }
+        return;
+    }
+#endif
+    const real *x = (const real *)k->x;
+    real *y = (real *)k->out;
+    for (int64_t j = lo; j < hi; ++j) {
+        real v = x[j];
+        y[j] = v >= 0 ? 1 : (v != v ? v : low);
+    }
+}
+
+static void forward_range(void *p, int64_t lo, int64_t hi) {
+    const struct ew_ctx *k = (const struct ew_ctx *)p;
+    const real a = k->c[0], b = k->c[1], g = k->c[2];
+    real xb[BLK], yb[BLK];
+    for (int64_t i = lo; i < hi; i += BLK) {
+        int64_t n = hi - i < BLK ? hi - i : BLK;
+        const real *restrict x = view_in(k->dt, k->x, i, xb, n);
+        real *restrict y = view_out(k->dt, k->out, i, yb);
+        for (int64_t j = 0; j < n; ++j) y[j] = htaf_value(x[j], a, b, g);
+        flush_out(k->dt, yb, k->out, i, n);
+    }
+}
+
+static void backward_range(void *p, int64_t lo, int64_t hi) {
+    const struct ew_ctx *k = (const struct ew_ctx *)p;
+    real xb[BLK], gb[BLK], ob[BLK];
+    for (int64_t i = lo; i < hi; i += BLK) {
+        int64_t n = hi - i < BLK ? hi - i : BLK;
+        const real *x = view_in(k->dt, k->x, i, xb, n);
+        const real *g = view_in(k->dt, k->g, i, gb, n);
+        real *o = view_out(k->dt, k->out, i, ob);
+        surrogate_block(k->kind, k->c, k->scale, x, g, o, n);
+        flush_out(k->dt, ob, k->out, i, n);
+    }
+}
+
+/* Grains: the fewest elements worth a thread of their own, about 100 µs of work (creating and
+ * joining a thread costs 24–80 µs here): 2^15 for HTAF's two exponentials and two divisions
+ * (≈2.5 ns an element on one Zen 3 core), 2^16 for one exponential, 2^18 for the rest, which
+ * move memory more than they compute. */
+#define GRAIN_STEP (1 << 18)
+#define GRAIN_MATH (1 << 15)
+
+static int64_t grain_of(int kind) {
+    switch (kind) {
+    case 0: case 12: return GRAIN_MATH;           /* htaf, swish_sign */
+    case 1: case 6: case 7: return GRAIN_MATH * 2; /* sigmoid, piecewise_exp, erf */
+    default: return GRAIN_STEP;
+    }
+}
+
+void htaf_step(const void *x, void *y, int64_t n, int dt, int signed_, int nthreads) {
+    struct ew_ctx k = {.x = x, .out = y, .dt = dt, .signed_ = signed_};
+    parallel_for(step_range, &k, n, GRAIN_STEP, 64, nthreads);
+}
+
+void htaf_forward(const void *x, void *y, int64_t n, int dt, double a, double b, double g,
+                  int nthreads) {
+    struct ew_ctx k = {.x = x, .out = y, .dt = dt, .c = {(real)a, (real)b, (real)g}};
+    parallel_for(forward_range, &k, n, GRAIN_MATH, 64, nthreads);
+}
+
+/* out = grad·scale·g'(x) for surrogate `kind` with constants c0..c2 */
+void htaf_surrogate_backward(const void *grad, const void *x, void *out, int64_t n, int dt,
+                             int kind, double c0, double c1, double c2, double scale,
+                             int nthreads) {
+    struct ew_ctx k = {.x = x, .g = grad, .out = out, .dt = dt, .kind = kind,
+                       .c = {(real)c0, (real)c1, (real)c2}, .scale = (real)scale};
+    parallel_for(backward_range, &k, n, grain_of(kind), 64, nthreads);
+}
+
+/* --------------------------------------------------------------------- multi-step LIF */
+/* H[t] = charge(V[t−1], X[t]); S[t] = 1[H[t] − V_th >= 0] (NaN stays NaN); V[t] = reset.
+ * Neurons are processed in blocks of B with the time loop inside (V in L1).  The backward
+ * recomputes H[0..T−1] of a block into a [T, B] buffer from X (the only saved sequence), then
+ * runs BPTT in reverse time.  B = lif_block(T): up to 2048 neurons, so that each row access is a
+ * long contiguous stream (the rows of X, dL/dS and dL/dX are N apart), but the [T, B] buffer
+ * stays within 64 KiB (L2) for long sequences.  B depends on T only, so do the blocks of dL/dk.
+ *
+ * The neuron's variants (IF / LIF with or without decay_input, hard / soft reset, detach_reset)
+ * are compile-time constants of always-inlined loop bodies, one instance per variant, chosen
+ * outside the loops: with run-time flags inside, gcc turns the selects into masked stores
+ * (vmaskmovps), which are microcoded and slow on AMD CPUs (6x slower backward). */
+#define LIF_BLOCK_MAX 2048
+#define INLINE static inline __attribute__((always_inline))
+
+enum { CHARGE_IF = 0, CHARGE_DECAY = 1, CHARGE_NODECAY = 2 };   /* charge variant */
+enum { ROW_SPIKES = 0, ROW_H = 1, ROW_H_DK = 2 };                /* what a step row writes */
+
+struct lif_ctx {
+    const void *x, *v0, *gs, *gv;
+    void *s, *v_last, *gx, *gv0;
+    double *gk_blocks;
+    int *failed;
+    int64_t T, N;
+    int dt, charge, hard, detach, kind;
+    real k, v_th, v_reset, c[3], scale;
+};
+
+/* One time step of n neurons: V ← reset(H), H = charge(V, X); writes S (ROW_SPIKES) or H, and
+ * ∂H/∂k (ROW_H_DK) into `out`/`dk`. */
+INLINE void lif_step_row(const int charge, const int hard, const int what, real k, real r,
+                         real vth, real vr, real *restrict v, const real *restrict x,
+                         real *restrict out, real *restrict dk, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        real vj = v[j], xj = x[j];
+        real h = charge == CHARGE_IF ? vj + xj
+                 : charge == CHARGE_DECAY ? vj + (xj - (vj - r)) * k : vj - (vj - r) * k + xj;
+        real u = h - vth;
+        real sp = u >= 0 ? 1 : (u != u ? u : 0);
+        out[j] = what == ROW_SPIKES ? sp : h;
+        if (what == ROW_H_DK) dk[j] = charge == CHARGE_DECAY ? xj - (vj - r) : r - vj;
+        v[j] = hard ? h * (1 - sp) + vr * sp : h - vth * sp;
+    }
+}
+
+static void lif_row(const struct lif_ctx *c, int what, real *v, const real *x, real *out,
+                    real *dk, int64_t n) {
+    const real r = c->hard ? c->v_reset : 0;
+#define ROW(CH, HARD, WHAT) lif_step_row(CH, HARD, WHAT, c->k, r, c->v_th, c->v_reset, v, x, out, dk, n)
+#define ROWS(CH, HARD)                                                                     \
+    if (what == ROW_SPIKES) ROW(CH, HARD, ROW_SPIKES);                                     \
+    else if (what == ROW_H) ROW(CH, HARD, ROW_H);                                          \
+    else ROW(CH, HARD, ROW_H_DK);
+    switch (c->charge * 2 + c->hard) {
+    case 0: ROWS(CHARGE_IF, 0) break;       case 1: ROWS(CHARGE_IF, 1) break;
+    case 2: ROWS(CHARGE_DECAY, 0) break;    case 3: ROWS(CHARGE_DECAY, 1) break;
+    case 4: ROWS(CHARGE_NODECAY, 0) break;  default: ROWS(CHARGE_NODECAY, 1) break;
+    }
+#undef ROWS
+#undef ROW
+}
+
+/* One reverse step of n neurons: from dL/dS[t] (gs), dL/dV[t] (gv, updated to dL/dV[t−1]) and
+ * the surrogate derivative sg at H[t] − V_th, writes dL/dX[t] (gx) and dL/dH[t] (gh). */
+INLINE void lif_bptt_row(const int hard, const int detach, real vth, real vr, real dx_dh,
+                         real dv_dh, const real *restrict h, const real *restrict sg,
+                         const real *restrict gs, real *restrict gv, real *restrict gx,
+                         real *restrict gh, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        real u = h[j] - vth;
+        real sp = u >= 0 ? 1 : (u != u ? u : 0);
+        real through = detach ? 0 : sg[j];
+        real dvdh = hard ? (1 - sp) + (vr - h[j]) * through : 1 - vth * through;
+        real ghj = gs[j] * sg[j] + gv[j] * dvdh;
+        gh[j] = ghj;
+        gx[j] = ghj * dx_dh;
+        gv[j] = ghj * dv_dh;
+    }
+}
+
+static void lif_bptt(const struct lif_ctx *c, real dx_dh, real dv_dh, const real *h,
+                     const real *sg, const real *gs, real *gv, real *gx, real *gh, int64_t n) {
+#define BPTT(HARD, DETACH) lif_bptt_row(HARD, DETACH, c->v_th, c->v_reset, dx_dh, dv_dh, h, sg, gs, gv, gx, gh, n)
+    switch (c->hard * 2 + c->detach) {
+    case 0: BPTT(0, 0); break;  case 1: BPTT(0, 1); break;
+    case 2: BPTT(1, 0); break;  default: BPTT(1, 1); break;
+    }
+#undef BPTT
+}
+
+/* neurons per block: a power of two in [64, 2048], T·B <= 16384 where possible */
+static int64_t lif_block(int64_t T) {
+    int64_t b = LIF_BLOCK_MAX;
+    while (b > 64 && b * T > 16384) b /= 2;
+    return b;
+}
+
+static void lif_fwd_range(void *p, int64_t lo, int64_t hi) {
+    const struct lif_ctx *c = (const struct lif_ctx *)p;
+    const int64_t B = lif_block(c->T);
+    real *work = (real *)malloc(3 * (size_t)B * sizeof(real));
+    if (!work) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
+    real *v = work, *xb = work + B, *sb = work + 2 * B;
+    for (int64_t j0 = lo; j0 < hi; j0 += B) {
+        int64_t n = hi - j0 < B ? hi - j0 : B;
+        load_block(c->dt, c->v0, j0, v, n);
+        for (int64_t t = 0; t < c->T; ++t) {
+            const int64_t off = t * c->N + j0;
+            const real *x = view_in(c->dt, c->x, off, xb, n);
+            real *s = view_out(c->dt, c->s, off, sb);
+            lif_row(c, ROW_SPIKES, v, x, s, NULL, n);
+            flush_out(c->dt, sb, c->s, off, n);
+        }
+        store_block(c->dt, v, c->v_last, j0, n);
+    }
+    free(work);
+}
+
+static int charge_mode(int leaky, int decay) {
+    return !leaky ? CHARGE_IF : decay ? CHARGE_DECAY : CHARGE_NODECAY;
+}
+
+/* neurons per thread at least: about GRAIN_MATH elements of work */
+static int64_t lif_grain(int64_t T) { return GRAIN_MATH / (T > 0 ? T : 1) + 1; }
+
+/* Forward.  Returns 0, or −1 when a work buffer could not be allocated. */
+int htaf_lif_forward(const void *x, const void *v0, void *s, void *v_last, int64_t T, int64_t N,
+                     int dt, double k, double v_th, double v_reset, int hard, int leaky,
+                     int decay, int nthreads) {
+    int failed = 0;
+    struct lif_ctx c = {.x = x, .v0 = v0, .s = s, .v_last = v_last, .failed = &failed, .T = T,
+                        .N = N, .dt = dt, .charge = charge_mode(leaky, decay), .hard = hard,
+                        .k = (real)k, .v_th = (real)v_th, .v_reset = (real)v_reset};
+    parallel_for(lif_fwd_range, &c, N, lif_grain(T), lif_block(T), nthreads);
+    return failed ? -1 : 0;
+}
+
+static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
+    const struct lif_ctx *c = (const struct lif_ctx *)p;
+    const int64_t T = c->T, N = c->N;
+    const int need_gk = c->gk_blocks != NULL;
+    const real k = c->k;
+    const real dx_dh = c->charge == CHARGE_DECAY ? k : 1, dv_dh = c->charge == CHARGE_IF ? 1 : 1 - k;
+    const int64_t B = lif_block(T);
+    /* per block: H[t] (T·B), ∂H[t]/∂k when dL/dk is wanted (T·B), eight rows of B, dL/dk lanes */
+    const size_t rows = (size_t)T * B * (need_gk ? 2 : 1) + 8 * (size_t)B;
+    double *gk = (double *)malloc(rows * sizeof(real) + (size_t)B * sizeof(double));
+    if (!gk) { __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED); return; }
+    real *hbuf = (real *)(gk + B);
+    real *dkbuf = need_gk ? hbuf + T * B : NULL;
+    real *v = hbuf + T * B * (need_gk ? 2 : 1), *gv = v + B, *sg = gv + B, *u = sg + B;
+    real *xb = u + B, *gb = xb + B, *ob = gb + B, *gh = ob + B;
+    for (int64_t j0 = lo; j0 < hi; j0 += B) {
+        int64_t n = hi - j0 < B ? hi - j0 : B;
+        /* 1) recompute H (and ∂H/∂k) from X */
+        load_block(c->dt, c->v0, j0, v, n);
+        for (int64_t t = 0; t < T; ++t) {
+            const real *x = view_in(c->dt, c->x, t * N + j0, xb, n);
+            lif_row(c, need_gk ? ROW_H_DK : ROW_H, v, x, hbuf + t * B,
+                    need_gk ? dkbuf + t * B : NULL, n);
+        }
+        /* 2) reverse time: gv = dL/dV[t], gh = dL/dH[t] */
+        load_block(c->dt, c->gv, j0, gv, n);
+        if (need_gk)
+            for (int64_t j = 0; j < n; ++j) gk[j] = 0;
+        for (int64_t t = T - 1; t >= 0; --t) {
+            const real *restrict h = hbuf + t * B;
+            for (int64_t j = 0; j < n; ++j) u[j] = h[j] - c->v_th;
+            surrogate_block(c->kind, c->c, c->scale, u, NULL, sg, n);
+            const int64_t off = t * N + j0;
+            const real *gs = view_in(c->dt, c->gs, off, gb, n);
+            real *gx = view_out(c->dt, c->gx, off, ob);
+            lif_bptt(c, dx_dh, dv_dh, h, sg, gs, gv, gx, gh, n);
+            flush_out(c->dt, ob, c->gx, off, n);
+            if (need_gk) {   /* dL/dk = Σ_t Σ_j dL/dH[t]·∂H[t]/∂k, in float64 */
+                const real *restrict dk = dkbuf + t * B;
+                for (int64_t j = 0; j < n; ++j) gk[j] += (double)gh[j] * (double)dk[j];
+            }
+        }
+        store_block(c->dt, gv, c->gv0, j0, n);
+        if (need_gk) {
+            double sum = 0;
+            for (int64_t j = 0; j < n; ++j) sum += gk[j];
+            c->gk_blocks[j0 / B] = sum;
+        }
+    }
+    free(gk);
+}
+
+/* BPTT.  Returns 0, or −1 when a work buffer could not be allocated. */
+int htaf_lif_backward(const void *gs, const void *gv_last, const void *x, const void *v0,
+                      void *gx, void *gv0, double *gk, int64_t T, int64_t N, int dt, double k,
+                      double v_th, double v_reset, int hard, int leaky, int decay, int detach,
+                      int kind, double c0, double c1, double c2, double scale, int need_gk,
+                      int nthreads) {
+    int64_t blocks = (N + lif_block(T) - 1) / lif_block(T);
+    double *parts = NULL;
+    int failed = 0;
+    if (need_gk && !(parts = (double *)calloc((size_t)(blocks > 0 ? blocks : 1), sizeof(double))))
+        return -1;
+    struct lif_ctx c = {.x = x, .v0 = v0, .gs = gs, .gv = gv_last, .gx = gx, .gv0 = gv0,
+                        .gk_blocks = parts, .failed = &failed, .T = T, .N = N, .dt = dt,
+                        .charge = charge_mode(leaky, decay), .hard = hard, .detach = detach,
+                        .kind = kind, .k = (real)k, .v_th = (real)v_th,
+                        .v_reset = (real)v_reset, .c = {(real)c0, (real)c1, (real)c2},
+                        .scale = (real)scale};
+    parallel_for(lif_bwd_range, &c, N, lif_grain(T), lif_block(T), nthreads);
+    if (need_gk) {
+        double sum = 0;
+        for (int64_t i = 0; i < blocks; ++i) sum += parts[i];   /* fixed order: thread-count free */
+        free(parts);
+        *gk = sum;
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,497 @@
+"""The native CPU kernels (``htaf.kernels.cpu``) against the PyTorch references they replace.
+
+The references (each surrogate class's ``derivative``/``primitive``, and the neurons' PyTorch time
+loop, ``backend="torch"``) are the oracle: every surrogate kind × dtype, odd
+sizes, layouts, ±inf/NaN/huge values, float32 accuracy in ulp against float64, gradcheck in
+float64 through the registered ops, the LIF neuron's values and gradients (PLIF's dL/dk,
+detach_reset, soft/hard reset, IF), the fallback without native code and thread-count
+independence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from htaf import functional as F
+from htaf import kernels
+from htaf.kernels import cpu
+from htaf.nn import IFNode, LIFNode, ParametricLIFNode
+from htaf.surrogates import HTAFSurrogate, compute_dtype, get_surrogate
+
+needs_native = pytest.mark.skipif(not cpu.available(),
+                                  reason=f"native CPU kernels unavailable: {cpu.backend_error()}")
+pytestmark = needs_native
+
+HALF = (torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+KINDS = {name: kid for name, (kid, _) in cpu.KINDS.items()}
+#: two parameter sets per kind (raw hyperparameters)
+PARAMS = {
+    "htaf": [(0.5, 4.0, 1.0), (0.1, 8.0, 3.0)], "sigmoid": [(4.0,), (25.0,)],
+    "atan": [(2.0,), (0.7,)], "fast_sigmoid": [(25.0,), (1.5,)], "super_spike": [(1.0,), (3.0,)],
+    "piecewise_quadratic": [(1.0,), (2.5,)], "piecewise_exp": [(1.0,), (4.0,)],
+    "erf": [(2.0,), (0.5,)], "triangle": [(1.0,), (0.3,)], "rect": [(1.0,), (3.0,)],
+    "ste": [(1.0,), (math.inf,)], "approx_sign": [()], "swish_sign": [(5.0,), (1.5,)],
+}
+SPECIAL = [math.inf, -math.inf, math.nan, 0.0, -0.0, 1e30, -1e30, 3.0e38, -3.0e38, 65504.0,
+           -65504.0, 1e-30, -1e-30, 1e-40, -1e-40, 6e-8, -6e-8, 1.0, -1.0, 0.5, -0.5, 20.0,
+           -20.0, 88.0, -88.0, 200.0, -200.0]
+
+
+def reference_backward(grad, x, name, params, scale=1.0):
+    """``grad · scale · g'(x)`` from the surrogate class's own derivative (the reference)."""
+    d = type(get_surrogate(name)).derivative(x.to(compute_dtype(x.dtype)), *params) * scale
+    return (grad.to(d.dtype) * d).to(grad.dtype)
+
+
+class ref:
+    """The HTAF references, from :class:`htaf.surrogates.HTAFSurrogate`."""
+
+    @staticmethod
+    def htaf_forward(x, a, b, g):
+        return HTAFSurrogate.primitive(x.to(compute_dtype(x.dtype)), a, b, g).to(x.dtype)
+
+    @staticmethod
+    def htaf_derivative(x, a, b, g):
+        return HTAFSurrogate.derivative(x.to(compute_dtype(x.dtype)), a, b, g)
+
+    @staticmethod
+    def htaf_backward(grad, x, a, b, g, scale=1.0):
+        return reference_backward(grad, x, "htaf", (a, b, g), scale)
+
+    @staticmethod
+    def step_forward(x, signed):
+        on = x >= 0
+        y = torch.where(on, 1.0, -1.0).to(x.dtype) if signed else on.to(x.dtype)
+        return torch.where(torch.isnan(x), x, y)
+
+
+def _t(*values):
+    return [torch.tensor(float(v)) for v in values]
+
+
+def lif_multistep(x, v0, k, *, surrogate, backend, v_threshold=1.0, v_reset=0.0,
+                  decay_input=True, detach_reset=False, leaky=True):
+    """The fused op (``backend="cpu"``) or the neurons' PyTorch loop (``"torch"``)."""
+    kw = dict(v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset)
+    if backend == "cpu":
+        assert kernels.fused(x)          # (registers the kernels on first use)
+        return kernels.lif_multistep(x, v0, k, decay_input=decay_input, leaky=leaky,
+                                     kind=surrogate.kernel_id, params=_t(*surrogate.params),
+                                     scale=surrogate.grad_scale(False), **kw)
+    node = (LIFNode(decay_input=decay_input, surrogate=surrogate, step_mode="m", backend="torch",
+                    **kw) if leaky else IFNode(surrogate=surrogate, step_mode="m",
+                                               backend="torch", **kw))
+    node.decay = lambda: k
+    node.v = v0
+    return node(x), node.v
+
+
+def tolerance(dtype):
+    """float32: a few ulp of a float32 computation; half types: one storage ulp (each side rounds
+    a float32 value once); float64: a few float64 ulp."""
+    return {torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+            torch.float64: {"rtol": 1e-12, "atol": 1e-15},
+            torch.bfloat16: {"rtol": 2**-7, "atol": 1e-6},
+            torch.float16: {"rtol": 2**-10, "atol": 6e-8}}[dtype]
+
+
+def close(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.stride() == expected.stride()
+    torch.testing.assert_close(actual, expected, equal_nan=True, **tolerance(actual.dtype))
+
+
+def sample(n, dtype, scale=4.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def ulp32(v: torch.Tensor) -> torch.Tensor:
+    """The float32 ulp at |v| (v float64; subnormals have the fixed ulp 2^−149)."""
+    return torch.pow(2.0, torch.floor(torch.log2(v.abs().clamp_min(2.0**-126))) - 23)
+
+
+# ----------------------------------------------------------------------------- accuracy
+def test_exponential_is_within_about_one_ulp_including_subnormals():
+    """piecewise_exp with α = 2 is exactly e^(−2|x|): the kernel's exponential, tested on a fine
+    grid of exact arguments over [−110, 0] (results down into the subnormals)."""
+    v = torch.linspace(-110, 0, 400_001, dtype=torch.float32)
+    x = -v / 2                                             # exact: 2|x| == −v
+    e = cpu.surrogate_backward(torch.ones_like(x), x, KINDS["piecewise_exp"], (2.0,), 1.0)
+    exact = torch.exp(v.double())
+    err = (e.double() - exact).abs() / ulp32(exact)
+    assert err.max() <= 1.1, (err.max(), v[err.argmax()])
+    assert (e[v < -104.5] == 0).all() and (e[(v < -88) & (v > -100)] > 0).all()
+
+
+@pytest.mark.parametrize("what", ["forward", "backward"])
+def test_htaf_float32_accuracy_against_float64(what):
+    """Within a few ulp where the output is well conditioned; in the tails the conditioning of
+    e^z (relative error |z|·ulp) dominates, for the float32 reference too."""
+    x = torch.cat([sample(200_000, torch.float32), torch.linspace(-100, 100, 100_001),
+                   torch.tensor([20.0, -20.0, 88.0, -88.0])])
+    a, b, g = 0.5, 4.0, 1.0
+    if what == "forward":
+        out = cpu.htaf_forward(x, a, b, g)
+        exact = ref.htaf_forward(x.double(), a, b, g)
+        ref32 = ref.htaf_forward(x, a, b, g)
+    else:
+        out = cpu.surrogate_backward(torch.ones_like(x), x, 0, (a, b, g), 1.0)
+        exact = ref.htaf_derivative(x.double(), a, b, g)
+        ref32 = ref.htaf_derivative(x, a, b, g)
+    z = (a * x.double() + b * torch.tanh(g * x.double())).abs()
+    err = (out.double() - exact).abs() / ulp32(exact)
+    err_ref = (ref32.double() - exact).abs() / ulp32(exact)
+    assert (err / (1 + z)).max() <= 5.0, (err.max(), x[err.argmax()])
+    assert (err / (1 + z)).max() <= 2.5 * (err_ref / (1 + z)).max()   # as good as torch's float32
+    assert err[z < 1].max() <= 8.0      # torch's float32 reference: up to 5
+
+
+def test_spec_reference_values():
+    xs = torch.tensor([0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0])
+    y = [0.5, 0.8907542485, 0.9719789089, 0.9922793822, 0.9984982733, 0.9998766054, 0.9999991685]
+    d = [1.125, 3.547760e-01, 5.937149e-02, 5.995532e-03, 7.508249e-04, 6.168968e-05,
+         4.157637e-07]
+    torch.testing.assert_close(cpu.htaf_forward(xs, 0.5, 4.0, 1.0), torch.tensor(y), rtol=2e-7,
+                               atol=0)
+    got = cpu.surrogate_backward(torch.ones(7), xs, 0, (0.5, 4.0, 1.0), 1.0)
+    torch.testing.assert_close(got, torch.tensor(d), rtol=2e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(KINDS))
+def test_surrogate_backward_parity_every_kind(name, dtype):
+    x = torch.cat([sample(4097, dtype), sample(64, dtype, 0.3, seed=1)])
+    grad = sample(x.numel(), dtype, 1.0, seed=2)
+    for params in PARAMS[name]:
+        for scale in (1.0, 2.0, 0.5):
+            got = cpu.surrogate_backward(grad, x, KINDS[name], params, scale)
+            close(got, reference_backward(grad, x, name, params, scale))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [0, 1, 7, 4097, 2**20 + 3])
+def test_htaf_forward_backward_step_sizes(n, dtype):
+    if n > 5000 and dtype != torch.float32:
+        pytest.skip("the large size once, in float32")
+    x, g = sample(n, dtype), sample(n, dtype, 1.0, seed=3)
+    for abg in PARAMS["htaf"]:
+        close(cpu.htaf_forward(x, *abg), ref.htaf_forward(x, *abg))
+        close(cpu.surrogate_backward(g, x, 0, abg, 2.0), ref.htaf_backward(g, x, *abg, 2.0))
+    for signed in (False, True):
+        assert torch.equal(cpu.step(x, signed), ref.step_forward(x, signed))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_special_values(dtype):
+    x = torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)
+    g = torch.linspace(-2, 2, x.numel(), dtype=torch.float64).to(dtype)
+    fwd = cpu.htaf_forward(x, 0.5, 4.0, 1.0)
+    close(fwd, ref.htaf_forward(x, 0.5, 4.0, 1.0))
+    assert fwd[0] == 1 and fwd[1] == 0 and fwd[2].isnan()
+    for name, kid in KINDS.items():
+        for params in PARAMS[name]:
+            got = cpu.surrogate_backward(g, x, kid, params, 1.0)
+            close(got, reference_backward(g, x, name, params, 1.0))
+            assert torch.isfinite(got[[0, 1] + list(range(3, x.numel()))]).all(), name
+    for signed in (False, True):
+        s = cpu.step(x, signed)
+        assert torch.equal(s.nan_to_num(7), ref.step_forward(x, signed).nan_to_num(7))
+        assert s[4] == 1 and s[3] == 1        # sign(±0) = +1
+
+
+def test_half_types_round_once_like_torch():
+    """Conversions of every float16/bfloat16 bit pattern: load exactly, store rounded to
+    nearest-even (a sign-symmetric STE with clip inf is the identity times grad·scale)."""
+    for dtype in HALF:
+        bits = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+        x = bits.view(dtype)
+        ones = torch.ones_like(x)
+        same = cpu.surrogate_backward(x, ones, KINDS["ste"], (math.inf,), 1.0)   # grad·1
+        assert torch.equal(same.view(torch.int16)[~x.isnan()], bits[~x.isnan()])
+        assert same[x.isnan()].isnan().all()
+        for scale in (0.1, 3.0, 1e-5, 7e4):
+            got = cpu.surrogate_backward(x, ones, KINDS["ste"], (math.inf,), scale)
+            want = (x.float() * scale).to(dtype)
+            assert torch.equal(got.nan_to_num(0), want.nan_to_num(0)), (dtype, scale)
+    # calls of fewer than 8 elements take the portable float16 conversions (not F16C's)
+    x = torch.arange(-2**15, 2**15, 5, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    for scale in (1.0, 0.1):
+        got = torch.cat([cpu.surrogate_backward(c, torch.ones_like(c), KINDS["ste"], (math.inf,),
+                                                scale) for c in x.split(7)])
+        want = (x.float() * scale).to(torch.float16)
+        assert torch.equal(got.nan_to_num(0), want.nan_to_num(0)), scale
+
+
+# ----------------------------------------------------------------------------- layouts
+def _layouts(dtype):
+    base = sample(2 * 3 * 5 * 7, dtype).reshape(2, 3, 5, 7)
+    return {
+        "transposed": base.transpose(1, 3),
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "stepped": sample(400, dtype)[::3],
+        "expanded": sample(7, dtype).expand(5, 7),
+        "offset": sample(100, dtype)[13:90],
+        "size_one": sample(7, dtype).reshape(7, 1, 1)[:, :, :1],
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "stepped", "expanded", "offset",
+                                    "size_one"])
+def test_non_contiguous_inputs(layout, dtype):
+    x = _layouts(dtype)[layout]
+    g = sample(x.numel(), dtype, 1.0, seed=9).reshape(x.shape)
+    close(cpu.htaf_forward(x, 0.5, 4.0, 1.0), ref.htaf_forward(x, 0.5, 4.0, 1.0))
+    close(cpu.surrogate_backward(g, x, 0, (0.5, 4.0, 1.0), 1.0),
+          ref.htaf_backward(g, x, 0.5, 4.0, 1.0, 1.0))
+    close(cpu.surrogate_backward(x, g, KINDS["atan"], (2.0,), 1.0),
+          reference_backward(x, g, "atan", (2.0,), 1.0))
+    assert torch.equal(cpu.step(x, True), ref.step_forward(x, True))
+
+
+def test_grad_and_input_layouts_differ():
+    x = sample(6 * 9, torch.float32).reshape(6, 9)
+    g = sample(9 * 6, torch.float32, 1.0, seed=1).reshape(9, 6).t()        # strides (1, 6)
+    got = cpu.surrogate_backward(g, x, KINDS["sigmoid"], (4.0,), 1.0)
+    close(got, reference_backward(g, x, "sigmoid", (4.0,), 1.0))
+
+
+def test_inputs_untouched_and_errors():
+    x = sample(100, torch.float32)
+    keep = x.clone()
+    cpu.htaf_forward(x, 0.5, 4.0, 1.0)
+    cpu.surrogate_backward(x, x, 0, (0.5, 4.0, 1.0), 1.0)
+    assert torch.equal(x, keep)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        cpu.surrogate_backward(x, x, 13, (1.0,), 1.0)
+    with pytest.raises(ValueError, match="takes 1 parameter"):
+        cpu.surrogate_backward(x, x, 1, (1.0, 2.0), 1.0)
+    with pytest.raises(TypeError, match="one dtype"):
+        cpu.surrogate_backward(x, x.double(), 1, (1.0,), 1.0)
+    with pytest.raises(TypeError, match="float32/float64"):
+        cpu.step(torch.zeros(3, dtype=torch.int32), False)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        cpu.surrogate_backward(x, x[:50], 1, (1.0,), 1.0)
+
+
+# ----------------------------------------------------------------------------- the ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_registered_ops_run_the_kernels(dtype):
+    assert kernels.fused(torch.zeros(1, dtype=dtype))
+    x, g = sample(999, dtype), sample(999, dtype, 1.0, seed=1)
+    ops = torch.ops.htaf
+    assert torch.equal(ops.htaf_forward(x, _t(0.5, 4.0, 1.0)), cpu.htaf_forward(x, 0.5, 4.0, 1.0))
+    assert torch.equal(ops.step(x, True), cpu.step(x, True))
+    for name, kid in KINDS.items():
+        want = cpu.surrogate_backward(g, x, kid, PARAMS[name][0], 0.5)
+        got = ops.surrogate_backward(g, x, kid, _t(*PARAMS[name][0]), 0.5)
+        assert torch.equal(got.nan_to_num(7), want.nan_to_num(7)), name
+    # mixed dtypes (a float32 gradient of a float64 input) keep the reference
+    s = get_surrogate("htaf")
+    got = s.backward(g.float(), x.double())
+    assert torch.equal(got, ref.htaf_backward(g.float(), x.double(), 0.5, 4.0, 1.0, 1.0))
+
+
+def test_gradcheck_float64_through_the_ops():
+    x = (torch.rand(40, dtype=torch.float64) * 8 - 4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: F.htaf(t, 0.5, 4.0, 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: F.htaf(t, 0.2, 7.0, 2.5), (x,))
+    # the baselines' fused backward against the derivative of their smooth primitive, away from
+    # the kinks of the piecewise ones
+    for name in KINDS:
+        s = get_surrogate(name)
+        kinks = torch.tensor([0.0, 1.0, 0.5, 0.25, 1 / 3, 0.2], dtype=torch.float64)
+        xs = torch.rand(30, dtype=torch.float64) * 4 - 2
+        xs = xs[((xs.abs()[:, None] - kinks).abs() > 1e-3).all(1)].requires_grad_()
+        for signed in (False, True):
+            fn = lambda t, s=s, signed=signed: F.binarize(t, s, mode="smooth", signed=signed)
+            assert torch.autograd.gradcheck(fn, (xs,)), (name, signed)
+
+
+def test_straight_through_gradient_is_the_kernel():
+    x = sample(300, torch.float32).requires_grad_()
+    g = sample(300, torch.float32, 1.0, seed=1)
+    for name in KINDS:
+        params = dict(zip(cpu.KINDS[name][1], PARAMS[name][0]))
+        for signed, fn in ((False, F.heaviside), (True, F.sign)):
+            (dx,) = torch.autograd.grad(fn(x, name, **params), x, g)
+            scale = get_surrogate(name, **params).grad_scale(signed)
+            want = cpu.surrogate_backward(g, x.detach(), KINDS[name], PARAMS[name][0], scale)
+            assert torch.equal(dx, want), (name, signed)
+
+
+# ----------------------------------------------------------------------------- fallback
+def test_fallback_without_native_code(monkeypatch):
+    """Without the kernels every op keeps the PyTorch reference (the same numbers, within the
+    float32 rounding of the formula), and the neurons their time loop."""
+    x, g = sample(999, torch.float32).requires_grad_(), sample(999, torch.float32, 1.0, seed=1)
+    fused = torch.autograd.grad(F.htaf(x), x, g)[0], F.htaf(x)
+    monkeypatch.setattr(kernels, "_state", {"native": False})
+    assert not kernels.fused(x)
+    slow = torch.autograd.grad(F.htaf(x), x, g)[0], F.htaf(x)
+    assert slow[1].grad_fn is not None
+    torch.testing.assert_close(slow[1], ref.htaf_forward(x.detach(), 0.5, 4.0, 1.0))
+    for a, b in zip(fused, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not LIFNode(step_mode="m")._use_fused(x.detach().reshape(9, 111))
+    with pytest.raises(ValueError, match="backend='auto'"):
+        LIFNode(step_mode="m", backend="fused")(x.detach().reshape(9, 111))
+
+
+def test_htaf_no_native_environment_variable(monkeypatch):
+    from htaf import _build
+
+    monkeypatch.setenv("HTAF_NO_NATIVE", "1")
+    for module in (cpu, _build):
+        monkeypatch.setattr(module, "_loaded", {})
+    monkeypatch.setattr(_build, "_errors", {})
+    monkeypatch.setattr(kernels, "_state", {})
+    assert not cpu.available() and "HTAF_NO_NATIVE" in cpu.backend_error()
+    x = sample(100, torch.float32)
+    assert not kernels.fused(x)
+    assert torch.equal(F.binarize(x, "htaf", mode="hard"), ref.step_forward(x, False))
+
+
+# ----------------------------------------------------------------------------- threads
+def test_results_do_not_depend_on_the_thread_count():
+    x = sample(2**19 + 2**17 + 5, torch.float32)
+    g = sample(x.numel(), torch.float32, 1.0, seed=1)
+    xs = (sample(4 * 20001, torch.float32, 1.5, seed=2) + 0.6).reshape(4, 20001)
+    gs = sample(xs.numel(), torch.float32, 1.0, seed=3).reshape(xs.shape)
+    v0, gv = torch.zeros(20001), sample(20001, torch.float32, 1.0, seed=4)
+    outs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        outs.append([cpu.step(x, True), cpu.htaf_forward(x, 0.5, 4.0, 1.0),
+                     cpu.surrogate_backward(g, x, 0, (0.5, 4.0, 1.0), 1.0),
+                     cpu.surrogate_backward(g, x, KINDS["erf"], (2.0,), 1.0),
+                     *cpu.lif_forward(xs, v0, 0.5, 1.0, 0.0, True, True, True),
+                     *cpu.lif_backward(gs, gv, xs, v0, 0.5, 1.0, 0.0, True, True, True, False, 0,
+                                       (0.5, 4.0, 1.0), 1.0, True)])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- LIF
+# (name, leaky, decay_input, v_reset, detach_reset, surrogate, T, N, learn_k)
+LIF_CASES = [
+    ("lif_hard", True, True, 0.0, False, "htaf", 5, 37, False),
+    ("lif_hard_detach", True, True, 0.0, True, "sigmoid", 4, 300, False),
+    ("lif_soft", True, True, None, False, "atan", 4, 29, False),
+    ("lif_soft_detach", True, True, None, True, "erf", 3, 131, False),
+    ("lif_nodecay_hard_vr", True, False, -0.25, False, "swish_sign", 4, 30, False),
+    ("lif_nodecay_soft", True, False, None, False, "approx_sign", 3, 17, False),
+    ("if_hard", False, True, 0.0, False, "piecewise_quadratic", 4, 19, False),
+    ("if_soft_detach", False, True, None, True, "rect", 3, 23, False),
+    ("plif_hard", True, True, 0.0, False, "htaf", 4, 41, True),
+    ("plif_nodecay_soft", True, False, None, False, "fast_sigmoid", 3, 270, True),
+    ("plif_soft_detach", True, True, None, True, "ste", 6, 65, True),
+    ("T1", True, True, 0.0, False, "super_spike", 1, 7, True),
+    ("N1_T8", True, True, 0.0, False, "triangle", 8, 1, False),
+    ("long_T", True, True, 0.0, False, "piecewise_exp", 40, 150, True),
+    ("blocks", True, True, 0.0, False, "htaf", 3, 2500, True),   # 5000 neurons: 3 blocks
+]
+
+
+def _run_lif(case, dtype, backend):
+    name, leaky, decay, v_reset, detach, sname, T, N, learn_k = case
+    gen = torch.Generator().manual_seed(len(name) * 7919 + T)
+    x = (torch.randn(T, 2, N, generator=gen, dtype=torch.float64) * 1.5 + 0.6).to(dtype)
+    v0 = (torch.randn(2, N, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+    gs = torch.randn(T, 2, N, generator=gen, dtype=torch.float64).to(dtype)
+    gv = torch.randn(2, N, generator=gen, dtype=torch.float64).to(dtype)
+    xi, vi = x.clone().requires_grad_(), v0.clone().requires_grad_()
+    w = torch.tensor(0.3, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                     requires_grad=learn_k)
+    k = w.sigmoid() if learn_k else 1 / 2.5
+    s, v = lif_multistep(xi, vi, k, v_threshold=1.0, v_reset=v_reset, decay_input=decay,
+                         detach_reset=detach, surrogate=get_surrogate(sname), leaky=leaky,
+                         backend=backend)
+    loss = (s.double() * gs.double()).sum() + (v.double() * gv.double()).sum()
+    return s, v, torch.autograd.grad(loss, [xi, vi] + ([w] if learn_k else []))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LIF_CASES, ids=[c[0] for c in LIF_CASES])
+def test_lif_matches_reference(case, dtype):
+    s1, v1, g1 = _run_lif(case, dtype, "cpu")
+    s2, v2, g2 = _run_lif(case, dtype, "torch")
+    assert s1.dtype == dtype and torch.equal(s1, s2)
+    tol = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5)}.get(dtype, (1e-2, 1e-2))
+    torch.testing.assert_close(v1, v2, rtol=tol[0], atol=tol[1])
+    for a, b in zip(g1, g2):
+        assert a.dtype == b.dtype
+        scale = b.double().abs().max().item() + 1e-12
+        torch.testing.assert_close(a.double() / scale, b.double() / scale, rtol=tol[0],
+                                   atol=tol[1])
+
+
+def test_lif_special_values_and_empty():
+    x = torch.tensor([[math.nan, math.inf, -math.inf, 2.0, 0.5],
+                      [0.5, 0.5, 0.5, math.nan, 0.5]]).requires_grad_()
+    v0 = torch.zeros(5)
+    sur = get_surrogate("htaf")
+    s1, v1 = lif_multistep(x, v0, 0.5, surrogate=sur, backend="cpu")
+    s2, v2 = lif_multistep(x, v0, 0.5, surrogate=sur, backend="torch")
+    assert torch.equal(s1.nan_to_num(7), s2.nan_to_num(7))
+    assert torch.equal(v1.nan_to_num(7), v2.nan_to_num(7))
+    g1 = torch.autograd.grad(s1.nan_to_num(0).sum() + v1.nan_to_num(0).sum(), x)[0]
+    g2 = torch.autograd.grad(s2.nan_to_num(0).sum() + v2.nan_to_num(0).sum(), x)[0]
+    assert torch.equal(g1.isnan(), g2.isnan())
+    torch.testing.assert_close(g1.nan_to_num(0), g2.nan_to_num(0))
+    s, v = cpu.lif_forward(torch.zeros(3, 0), torch.zeros(0), 0.5, 1.0, 0.0, True, True, True)
+    assert s.shape == (3, 0) and v.shape == (0,)
+    gx, gv0, gk = cpu.lif_backward(torch.zeros(3, 0), torch.zeros(0), torch.zeros(3, 0),
+                                   torch.zeros(0), 0.5, 1.0, 0.0, True, True, True, False, 0,
+                                   (0.5, 4.0, 1.0), 1.0, True)
+    assert gx.shape == (3, 0) and gk.item() == 0
+
+
+@pytest.mark.parametrize("node", ["lif", "plif", "if"])
+def test_lif_nodes_use_the_cpu_kernel(node):
+    make = {"lif": lambda b: LIFNode(tau=3.0, step_mode="m", backend=b, surrogate="atan"),
+            "plif": lambda b: ParametricLIFNode(step_mode="m", backend=b, v_reset=None),
+            "if": lambda b: IFNode(step_mode="m", backend=b, detach_reset=True)}[node]
+    fused, loop = make("auto"), make("torch")
+    x = (sample(4 * 3 * 50, torch.float32, 1.5) + 0.5).reshape(4, 3, 50).requires_grad_()
+    assert fused._use_fused(x) and not loop._use_fused(x)
+    s1, s2 = fused(x), loop(x)
+    assert torch.equal(s1, s2)
+    torch.testing.assert_close(fused.v, loop.v)
+    p1, p2 = list(fused.parameters()), list(loop.parameters())
+    g1 = torch.autograd.grad((s1 * x).sum(), [x] + p1)
+    g2 = torch.autograd.grad((s2 * x).sum(), [x] + p2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_tables_and_docs_markers(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = {
+        "activations": [{"size": 2**20, "threads": t, "ideal_ms": 1.0,
+                         "rows": [{"name": "htaf (smooth)", "ms": 2.0, "x_ideal": 2.0}]}
+                        for t in (1, 2)],
+        "lif": [{"shape": [4, 8], "threads": 1, "ideal_ms": 1.0,
+                 "rows": [{"name": "htaf LIFNode, native (HTAF)", "ms": 1.0, "x_ideal": 1.0},
+                          {"name": "snnTorch Leaky (atan)", "ms": 3.0, "x_ideal": 3.0},
+                          {"name": "SpikingJelly", "missing": "missing (ImportError)"}]}],
+    }
+    text = bench.markdown(report)
+    assert "| htaf (smooth) | 2.00× | 2.00× |" in text and "| 3.0× faster |" in text
+    doc = tmp_path / "k.md"
+    doc.write_text(f"intro\n{bench.DOCS_BEGIN}\nold\n{bench.DOCS_END}\nend\n")
+    bench.update_docs(doc, text)
+    body = doc.read_text()
+    assert "old" not in body and text in body and body.endswith("end\n")
