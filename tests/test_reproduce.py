@@ -135,18 +135,27 @@ def test_speed_rows_read_the_bnn_benchmark_layout():
         "2.00 ms; float PyTorch 16.00 ms (8.0×), ORT fp32 12.00 ms (6.0×), ORT int8 8.00 ms (4.0×)")
 
 
-def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path):
+def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path, monkeypatch):
     """Each Fashion-MNIST part end to end (tiny models on digits): the selection stage writes its
-    own folder and the part's runs carry what it chose (scales on validation)."""
+    own folder and the part's runs carry what it chose (scales on validation); the BNN part packs
+    every run, the ICBM part measures its concepts across seeds."""
+    monkeypatch.setattr(reproduce, "_render_png", lambda html, png: False)   # no browser here
     for name, part in reproduce.PARTS.items():
         if part.group != "fmnist":
             continue
-        res = reproduce.run_part(name, out=tmp_path, smoke=True, seeds=(0,), **QUIET)
+        res = reproduce.run_part(name, out=tmp_path, smoke=True,
+                                 seeds=(0, 1) if name == "fmnist-icbm" else (0,), **QUIET)
         assert all(0.0 <= r["hard_val_acc"] <= 1.0 for r in res.rows), name
         if part.select is not None:
             assert (tmp_path / f"{name}-select" / "results.json").exists()
             assert set(res.config["act_params"]) == set(part.config["activations"])
         assert (tmp_path / name / "report.md").exists()
+    packed = json.loads((tmp_path / "fmnist-bnn" / "packed.json").read_text())
+    assert packed["all_equal"] and packed["runs"]           # htaf export's model = hard model
+    assert all(r["packed_test_acc"] == r["hard_test_acc"] for r in packed["runs"])
+    concepts = json.loads((tmp_path / "fmnist-icbm" / "concepts.json").read_text())
+    assert set(concepts["per_seed"]) == {"0", "1"} and list(concepts["seed_flip_rate"]) == ["0-1"]
+    assert 0.0 <= concepts["seed_flip_rate"]["0-1"] <= 1.0
 
 
 def test_selected_params_are_each_activations_best_on_validation():

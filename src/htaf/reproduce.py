@@ -137,13 +137,13 @@ PARTS: dict[str, Part] = {
         "real first/last layer)",
         {"recipe": {**_FM_RECIPE, "model": "bnn_mlp", "model_kwargs": {"hidden": [256, 256]}},
          "activations": ["htaf_st", "approx_sign", "ste", "swish_sign", "relu"],
-         "seeds": _SEEDS,
+         "seeds": _SEEDS, "keep_runs": True,
          "models": [{"label": f"binary CNN, {a}", "model": "bnn_vgg_small",
                      "model_kwargs": {"width_mult": 0.0625, "activation": a},
                      "role": "htaf" if a == "htaf_st" else "ceiling" if a == "relu" else
                      "baseline"} for a in ("htaf_st", "approx_sign", "ste", "relu")]},
-        select={**_FM_SELECT, "models": []}, smoke={"hidden": [16]}, smoke_models={},
-        group="fmnist",
+        select={**_FM_SELECT, "models": [], "keep_runs": False}, smoke={"hidden": [16]},
+        smoke_models={}, group="fmnist",
         baseline_note="Larq's ste_sign, Bi-Real's approx_sign and BNN+'s swish_sign, each at its "
                       "best scale on validation (the binary CNN at the libraries' defaults)"),
     "fmnist-icbm": Part(
@@ -247,7 +247,7 @@ def part_config(name: str, *, out: Path, data: str | None = None, epochs: int | 
     if scales is not None:
         d["scales"] = list(scales)
     d.update(out_dir=str(out), name=f"{name}-select" if stage == "select" else name, jobs=jobs,
-             resume=resume, overwrite=overwrite, keep_runs=keep_runs)
+             resume=resume, overwrite=overwrite, keep_runs=keep_runs or d.get("keep_runs", False))
     return CompareConfig.from_dict(d)
 
 
@@ -265,8 +265,101 @@ def run_part(name: str, *, out: Path, say=print, **overrides):
             f"{a} {json.dumps(p)}" for a, p in act_params.items()))
     result = compare(part_config(name, out=out, act_params=act_params, **overrides),
                      progress=say)
+    if result.out_dir is not None and (result.out_dir / "runs").is_dir():
+        for extra in _EXTRAS.get(name, ()):
+            extra(result, say)
     say(f"[{name}] wrote {result.out_dir}")
     return result
+
+
+# ------------------------------------------------------------------------ what a part adds
+
+def packed_check(result, say=print) -> dict:
+    """Every kept binary run of a part packed with ``htaf export``'s path: the packed model's test
+    accuracy beside the hard PyTorch model's (they must be equal, prediction for prediction);
+    written to ``packed.json`` in the part's folder."""
+    import tempfile
+
+    from .deploy import export_run
+    from .engine.runlog import atomic_write_json
+
+    rows = []
+    for run in sorted((result.out_dir / "runs").iterdir()):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                r = export_run(run, Path(tmp) / "model.htafbin")
+            except ValueError as e:          # a full-precision ceiling: nothing to pack
+                if "to pack" not in str(e):
+                    raise
+                continue
+        v = r["verify"]
+        rows.append({"run": run.name, "backend": r["backend"], "n": v["n"],
+                     "argmax_agree": v["argmax_agree"],
+                     "packed_test_acc": v["packed_accuracy"], "hard_test_acc": v["hard_accuracy"],
+                     "packed_bytes": r["packed_bytes"], "float_bytes": r["float_bytes"]})
+        say(f"[packed] {run.name}: packed {100 * v['packed_accuracy']:.2f}%, hard "
+            f"{100 * v['hard_accuracy']:.2f}% ({v['argmax_agree']}/{v['n']} predictions agree)")
+    record = {"runs": rows, "all_equal": all(r["argmax_agree"] == r["n"] for r in rows)}
+    atomic_write_json(result.out_dir / "packed.json", record, indent=1)
+    return record
+
+
+def concept_stability(result, say=print, screenshot: Path | None = None) -> dict:
+    """For the ICBM family's setting chosen on validation: each seed's concept metrics
+    (saturation, smooth→hard gap, concepts on per image, never/always on), the seed-to-seed flip
+    rate of the concept bits after matching concepts (every pair of seeds), and the HTML report of
+    the first seed (rendered to ``screenshot`` when Chromium is installed); ``concepts.json``."""
+    import itertools
+
+    from .engine import load_run
+    from .engine.runlog import atomic_write_json
+    from .explain.metrics import collect, concept_metrics, seed_flip_rate
+    from .explain.report import explain_run, normalized_test_batches
+
+    row = next(r for r in result.selected.values() if r["variant"].kind == "htaf")
+    runs = [result.out_dir / "runs" / f"{row['variant'].slug}-s{seed}" for seed in row["seeds"]]
+    codes, per_seed = [], {}
+    for seed, run in zip(row["seeds"], runs):
+        model, dataset, _ = load_run(run)
+        out = collect(model, normalized_test_batches(dataset, 512))
+        codes.append(out.codes)
+        per_seed[seed] = {k: float(v) for k, v in concept_metrics(out).items()}
+    pairs = {f"{a}-{b}": seed_flip_rate(codes[i], codes[j])
+             for (i, a), (j, b) in itertools.combinations(enumerate(row["seeds"]), 2)}
+    report = explain_run(runs[0], out_dir=runs[0] / "explain",
+                         compare=runs[1] if len(runs) > 1 else None)
+    record = {"variant": row["variant"].name, "per_seed": per_seed, "seed_flip_rate": pairs,
+              "report": str(report.path)}
+    if screenshot is not None and _render_png(report.path, screenshot):
+        record["screenshot"] = str(screenshot)
+    atomic_write_json(result.out_dir / "concepts.json", record, indent=1)
+    say("[concepts] seed-to-seed flip rate after matching: "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in pairs.items()))
+    return record
+
+
+def _render_png(html: Path, png: Path, width: int = 1280, height: int = 2200) -> bool:
+    """Headless Chromium's screenshot of a local HTML page; False where Chromium is missing."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
+        "google-chrome")
+    if browser is None:
+        return False
+    png.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--hide-scrollbars", f"--window-size={width},{height}",
+         f"--screenshot={png.resolve()}", html.resolve().as_uri()],
+        capture_output=True, timeout=120)
+    return done.returncode == 0 and png.exists()
+
+
+_EXTRAS = {
+    "fmnist-bnn": (packed_check,),
+    "fmnist-icbm": (lambda res, say: concept_stability(res, say, res.out_dir / "report.png"),),
+}
 
 
 def selected_params(result) -> dict[str, dict]:
@@ -306,7 +399,11 @@ def _read_part(results: Path, name: str):
     from .results import CompareResult
 
     path = results / name / "results.json"
-    return CompareResult.from_json(json.loads(path.read_text())) if path.exists() else None
+    if not path.exists():
+        return None
+    res = CompareResult.from_json(json.loads(path.read_text()))
+    res.out_dir = path.parent
+    return res
 
 
 def write_report(results: Path, speed: Path, doc: Path, readme: Path | None) -> str:
@@ -391,6 +488,45 @@ def _accuracy_section(parts: dict, compact: bool = False) -> list[str]:
     return lines
 
 
+def _extra_lines(key: str, res, compact: bool) -> list[str]:
+    """What a part adds to its table: packed-model accuracies, concept stability."""
+    folder = Path(res.out_dir) if res.out_dir else None
+    packed = _read_json(folder / "packed.json") if folder else None
+    concepts = _read_json(folder / "concepts.json") if folder else None
+    lines = []
+    if packed and packed["runs"]:
+        runs = packed["runs"]
+        same = sum(r["argmax_agree"] == r["n"] for r in runs)
+        ratio = runs[0]["float_bytes"] / max(1, runs[0]["packed_bytes"])
+        lines += [f"Packed models (`htaf export`, XNOR + popcount): {same} of {len(runs)} "
+                  f"binary runs give exactly the hard model's predictions on all {runs[0]['n']} "
+                  f"test images (packed test accuracy = hard test accuracy); files "
+                  f"{ratio:.1f}× smaller than the float state dict.", ""]
+    if concepts:
+        flips = concepts["seed_flip_rate"]
+        per = concepts["per_seed"]
+        sat = [v["saturation"] for v in per.values()]
+        gap = [v.get("gap", 0.0) for v in per.values()]
+        on = [v["active_per_image"] for v in per.values()]
+        lines += [f"Concepts of {concepts['variant']}: saturation {_span(sat)} of smooth "
+                  f"activations within 0.05 of 0 or 1, smooth→hard gap {_span(gap, pts=True)}, "
+                  f"{_span(on, pct=False)} concepts on per image; seed-to-seed flip rate of the "
+                  f"concept bits after matching concepts "
+                  + ", ".join(f"{100 * v:.1f} % (seeds {k})" for k, v in flips.items()) + ".", ""]
+        if not compact and (folder / "report.png").exists():
+            lines += [f"![ICBM report, seed 0](results/{key}/report.png)", ""]
+    return lines
+
+
+def _span(values, pct: bool = True, pts: bool = False) -> str:
+    lo, hi = min(values), max(values)
+    if pts:
+        return f"{100 * lo:+.2f} to {100 * hi:+.2f} points"
+    if pct:
+        return f"{100 * lo:.1f}–{100 * hi:.1f} %"
+    return f"{lo:.1f}–{hi:.1f}"
+
+
 def _part_lines(key: str, res, compact: bool) -> list[str]:
     part = PARTS[key]
     head = f"#### {key}: {part.title}" if compact else f"### {key}: {part.title}"
@@ -404,6 +540,7 @@ def _part_lines(key: str, res, compact: bool) -> list[str]:
                       + "; ".join(f"{a} {', '.join(f'{k}={v:g}' for k, v in p.items()) or 'defaults'}"
                                   for a, p in chosen.items()) + ".", ""]
     lines += [res.table(), "", res.headline(), ""]
+    lines += _extra_lines(key, res, compact)
     if not compact:
         depth = res.depth_table()
         if depth:
