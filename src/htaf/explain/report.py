@@ -279,6 +279,61 @@ def normalized_test_batches(dataset, batch_size: int, device="cpu"
         yield normalize(dataset, xb, device), yb.to(device)
 
 
+def _concept_card(k, out, dataset, weight, importance, classes, per_concept, out_dir) -> dict:
+    """One concept: its top images, the class mix of the images it is on for, what it favours."""
+    n = out.codes.shape[0]
+    on = torch.nonzero(out.codes[:, k]).flatten()
+    top_idx = on[torch.argsort(out.pre[on, k], descending=True)][:per_concept]
+    _grid(dataset.test_x[top_idx], out_dir / f"concept_{k:03d}_top.png")
+    base = np.bincount(out.labels.numpy(), minlength=len(classes)) / n
+    counts = np.bincount(out.labels[on].numpy(), minlength=len(classes))
+    _class_mix(counts, base, classes, out_dir / f"concept_{k:03d}_classes.png",
+               f"concept {k}: on for {len(on)}/{n} images")
+    favours = torch.argsort(weight[:, k], descending=True)
+    up, down = int(favours[0]), int(favours[-1])
+    return {"k": k, "on_percent": 100 * len(on) / n, "importance": float(importance[k]),
+            "raises": classes[up], "raises_weight": float(weight[up, k]),
+            "lowers": classes[down], "lowers_weight": float(weight[down, k]),
+            "top_png": f"concept_{k:03d}_top.png", "classes_png": f"concept_{k:03d}_classes.png",
+            "top_classes": [classes[c] for c in out.labels[top_idx][:8].tolist()],
+            "more": len(top_idx) > 8}
+
+
+def _image_card(i, out, dataset, weight, bias, preds, classes, out_dir) -> dict:
+    """One test image: why the model predicted what it did (each active concept's W[ŷ, k])."""
+    c, p, y = out.codes[i], int(preds[i]), int(out.labels[i])
+    active = torch.nonzero(c).flatten().numpy()
+    logits = out.logits_hard[i]
+    _to_pil(dataset.test_x[i], 96).save(out_dir / f"image_{i:05d}.png")
+    _contributions(weight[p, active].numpy(), active, float(bias[p]), float(logits[p]),
+                   f"image {i}: why '{classes[p]}'", out_dir / f"image_{i:05d}_contrib.png")
+    top3 = torch.topk(logits, min(3, len(classes)))
+    return {"index": i, "thumb_png": f"image_{i:05d}.png",
+            "contrib_png": f"image_{i:05d}_contrib.png", "true": classes[y],
+            "predicted": classes[p], "correct": p == y,
+            "top_logits": [(classes[j], v) for v, j in zip(top3.values.tolist(),
+                                                           top3.indices.tolist())],
+            "active": active.tolist()}
+
+
+def _flip_card(model, i, concepts, out, dataset, classes, device, out_dir):
+    """One intervention: the logits before and after flipping ``concepts`` of image ``i``."""
+    x = normalize(dataset, dataset.test_x[i:i + 1], device)
+    with using_mode(model, "hard"):
+        before = model.intervene(x)[0].float().cpu()
+        after = model.intervene(x, flip=list(concepts))[0].float().cpu()
+    r = Intervention(i, list(concepts), int(out.labels[i]), before.tolist(), after.tolist())
+    name = f"flip_{i:05d}_{'-'.join(map(str, concepts))}.png"
+    _logit_bars(before.numpy(), after.numpy(), classes, out_dir / name,
+                f"image {i}: flip concept(s) {', '.join(map(str, concepts))}")
+    if not (out_dir / f"image_{i:05d}.png").exists():
+        _to_pil(dataset.test_x[i], 96).save(out_dir / f"image_{i:05d}.png")
+    return r, {"index": i, "thumb_png": f"image_{i:05d}.png", "png": name,
+               "flipped": [(k, bool(out.codes[i, k])) for k in concepts],
+               "true": classes[r.label], "before": classes[r.pred_before],
+               "after": classes[r.pred_after]}
+
+
 @torch.no_grad()
 def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
                  per_concept: int = 18, images: Sequence[int] | None = None,
@@ -326,60 +381,15 @@ def build_report(model, dataset, out_dir: str | Path, *, top: int | None = 15,
     chosen = list(images) if images else _default_images(out)
 
     _heatmap(weight.numpy(), order, classes, out_dir / "weights.png")
-    base = np.bincount(out.labels.numpy(), minlength=len(classes)) / n
-    concept_cards = []
-    for k in shown:
-        on = torch.nonzero(out.codes[:, k]).flatten()
-        top_idx = on[torch.argsort(out.pre[on, k], descending=True)][:per_concept]
-        _grid(dataset.test_x[top_idx], out_dir / f"concept_{k:03d}_top.png")
-        counts = np.bincount(out.labels[on].numpy(), minlength=len(classes))
-        _class_mix(counts, base, classes, out_dir / f"concept_{k:03d}_classes.png",
-                   f"concept {k}: on for {len(on)}/{n} images")
-        favours = torch.argsort(weight[:, k], descending=True)
-        up, down = int(favours[0]), int(favours[-1])
-        concept_cards.append({
-            "k": k, "on_percent": 100 * len(on) / n, "importance": float(importance[k]),
-            "raises": classes[up], "raises_weight": float(weight[up, k]),
-            "lowers": classes[down], "lowers_weight": float(weight[down, k]),
-            "top_png": f"concept_{k:03d}_top.png", "classes_png": f"concept_{k:03d}_classes.png",
-            "top_classes": [classes[c] for c in out.labels[top_idx][:8].tolist()],
-            "more": len(top_idx) > 8})
-
-    image_cards = []
-    for i in chosen:
-        c, p, y = out.codes[i], int(preds[i]), int(out.labels[i])
-        active = torch.nonzero(c).flatten().numpy()
-        contrib = weight[p, active].numpy()
-        logits = out.logits_hard[i]
-        _to_pil(dataset.test_x[i], 96).save(out_dir / f"image_{i:05d}.png")
-        _contributions(contrib, active, float(bias[p]), float(logits[p]),
-                       f"image {i}: why '{classes[p]}'", out_dir / f"image_{i:05d}_contrib.png")
-        top3 = torch.topk(logits, min(3, len(classes)))
-        image_cards.append({
-            "index": i, "thumb_png": f"image_{i:05d}.png", "contrib_png": f"image_{i:05d}_contrib.png",
-            "true": classes[y], "predicted": classes[p], "correct": p == y,
-            "top_logits": [(classes[j], v) for v, j in zip(top3.values.tolist(),
-                                                           top3.indices.tolist())],
-            "active": active.tolist()})
-
+    concept_cards = [_concept_card(k, out, dataset, weight, importance, classes, per_concept,
+                                   out_dir) for k in shown]
+    image_cards = [_image_card(i, out, dataset, weight, bias, preds, classes, out_dir)
+                   for i in chosen]
     results, flip_cards = [], []
     for i, concepts in flips:
-        x = normalize(dataset, dataset.test_x[i:i + 1], device)
-        with using_mode(model, "hard"):
-            before = model.intervene(x)[0].float().cpu()
-            after = model.intervene(x, flip=list(concepts))[0].float().cpu()
-        r = Intervention(i, list(concepts), int(out.labels[i]), before.tolist(), after.tolist())
+        r, card = _flip_card(model, i, concepts, out, dataset, classes, device, out_dir)
         results.append(r)
-        name = f"flip_{i:05d}_{'-'.join(map(str, concepts))}.png"
-        _logit_bars(before.numpy(), after.numpy(), classes, out_dir / name,
-                    f"image {i}: flip concept(s) {', '.join(map(str, concepts))}")
-        if not (out_dir / f"image_{i:05d}.png").exists():
-            _to_pil(dataset.test_x[i], 96).save(out_dir / f"image_{i:05d}.png")
-        flip_cards.append({
-            "index": i, "thumb_png": f"image_{i:05d}.png", "png": name,
-            "flipped": [(k, bool(out.codes[i, k])) for k in concepts],
-            "true": classes[r.label], "before": classes[r.pred_before],
-            "after": classes[r.pred_after]})
+        flip_cards.append(card)
 
     page = _render_page(
         title=title, num_concepts=k_all, num_images=n, classes=classes,
