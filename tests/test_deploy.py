@@ -454,7 +454,7 @@ def test_cli_export_of_a_dhn_says_why_it_cannot_be_packed(trained_run, tmp_path,
 
 def test_cli_exports_any_model_to_onnx(trained_run, tmp_path, capsys):
     """ONNX works for models without binary weights too: a DHN (Heaviside steps) and an ICBM
-    (binary concepts, extra state in its state dict), checked against ONNX Runtime."""
+    (binary concepts, annealed γ in a buffer), checked against ONNX Runtime."""
     pytest.importorskip("onnx")
     for name, kw in (("dhn_mlp", {"depth": 2, "width": 16}),
                      ("icbm_cnn", {"num_concepts": 8, "width": 4})):

@@ -104,6 +104,17 @@ PARTS: dict[str, Part] = {
          "grid": {"optimizer": ["sgd", "adamw"], "lr": [1e-3, 3e-3, 1e-2, 5e-2]}},
         smoke={}, group="defaults",
         baseline_note="each model at its own best optimizer and lr on validation"),
+    "anneal-defaults": Part(
+        "anneal_gamma=\"auto\" (γ 1 → 30 for convolutional models, fixed for MLPs): smooth "
+        "HTAF on Fashion-MNIST, fixed γ or annealed",
+        {"recipe": {**_FM_RECIPE, "anneal_gamma": "auto"}, "activations": [], "seeds": [0, 1],
+         "models": [{"label": "MLP depth 6", "model": "dhn_mlp", "role": "htaf",
+                     "model_kwargs": {"depth": 6, "width": 256, "activation": "htaf"}},
+                    {"label": "CNN 16-16-32-32", "model": "dhn_cnn", "role": "htaf",
+                     "model_kwargs": {"depth": 4, "width_mult": 0.125, "activation": "htaf"}}],
+         "grid": {"anneal_gamma": [None, [1.0, 30.0]]}},
+        smoke={"width_mult": 1 / 16}, smoke_models={}, group="defaults",
+        baseline_note="each model's γ schedule chosen on validation"),
     # ---- Fashion-MNIST on the CPU: the evidence suite
     "fmnist-dhn": Part(
         "Deep Heaviside MLP on Fashion-MNIST (BatchNorm, width 256), depths 4, 16, 32",
