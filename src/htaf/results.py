@@ -270,13 +270,32 @@ class CompareResult:
 
     def setup(self) -> str:
         """One sentence: model, data, seeds, recipe, device."""
-        r = self.recipe
-        gamma = r["anneal_gamma"]
-        anneal = ("γ fixed" if gamma is None else "γ annealed "
-                  + "→".join(f"{g:g}" for g in gamma) + f" ({r['anneal_schedule']})")
-        recipe = (f"{r['optimizer']} lr {r['lr']:g} ({r['schedule']}), batch {r['batch_size']}, "
-                  f"weight decay {r['weight_decay']:g}, {r['epochs']} epochs; smooth HTAF: "
-                  f"{anneal}")
+        r, grid = self.recipe, self.config.get("grid") or {}
+
+        def val(key, fmt=str):   # a grid field is swept: its values, not the recipe's default
+            if key in grid:
+                return "{" + ", ".join("none" if v is None else fmt(v) for v in grid[key]) + "}"
+            return fmt(r[key])
+
+        def anneal(gamma):
+            return ("γ fixed" if gamma is None else "γ annealed "
+                    + "→".join(f"{g:g}" for g in gamma) + f" ({r['anneal_schedule']})")
+
+        recipe = (f"{val('optimizer')} lr {val('lr', lambda v: f'{v:g}')} ({val('schedule')}), "
+                  f"batch {val('batch_size')}, weight decay {val('weight_decay', lambda v: f'{v:g}')}"
+                  f", {val('epochs')} epochs; smooth HTAF: "
+                  + (f"anneal_gamma ∈ {val('anneal_gamma', lambda g: '→'.join(f'{x:g}' for x in g))}"
+                     if "anneal_gamma" in grid else anneal(r["anneal_gamma"])))
+        if grid:
+            recipe += " (swept values {…} chosen on validation per model/activation)"
+        models = self.config.get("models") or []
+        if models:
+            names = [f"`{r['model']}` {json.dumps(r['model_kwargs'])}"] * bool(
+                self.config.get("activations")) + sorted({f"`{m['model']}`" for m in models})
+            return (f"Models {', '.join(names)} on "
+                    f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
+                    f"device {self.device}"
+                    + (f"; total wall time {self.wall:.0f} s." if self.wall is not None else "."))
         return (f"Model `{r['model']}` {json.dumps(r['model_kwargs'])} on "
                 f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
                 f"device {self.device}"
