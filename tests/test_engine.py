@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -677,3 +678,12 @@ def test_anneal_flags_take_one_or_two_tokens():
         assert parser.parse_args([cmd, "--anneal-gamma", "1", "30"]).anneal_gamma == (1.0, 30.0)
         assert parser.parse_args([cmd, "--anneal-gamma", "1,30"]).anneal_gamma == (1.0, 30.0)
         assert parser.parse_args([cmd, "--anneal-gamma", "none"]).anneal_gamma is None
+
+
+def test_a_run_that_ends_at_chance_says_so(tmp_path, digits):
+    # lr 1e-12: the weights barely move, the run ends at chance; it must not pass silently.
+    with pytest.warns(UserWarning, match=r"at chance .*did not train test_mlp"):
+        train(_config(tmp_path, epochs=1, lr=1e-12, out_dir=None), dataset=digits)
+    with warnings.catch_warnings():                     # a run that learns does not warn
+        warnings.simplefilter("error")
+        train(_config(tmp_path, epochs=2, out_dir=None), dataset=digits)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,9 +203,24 @@ class Trainer:
                 log.close()
         if log is not None and history:
             write_summary(self.run_dir, c, history, ds)
+        if history and end == c.epochs:
+            self._warn_if_at_chance(history[-1])
         self.model.eval()
         return RunResult(metrics=dict(history[-1]) if history else {}, history=history,
                          run_dir=self.run_dir, config=c, model=self.model)
+
+    def _warn_if_at_chance(self, rec: dict) -> None:
+        """Say so when the run ended no better than guessing: a recipe that does not train this
+        model must not pass silently as a result."""
+        acc = rec.get("hard_val_acc", rec.get("val_acc"))
+        chance = 1.0 / self.dataset.num_classes
+        if acc is not None and acc < 1.5 * chance and self.env.rank == 0:
+            c = self.config
+            warnings.warn(
+                f"{c.run_name()}: validation accuracy {100 * acc:.1f}% is at chance "
+                f"({100 * chance:.1f}%): this recipe ({c.optimizer}, lr {c.lr:g}, {c.schedule}) "
+                f"did not train {c.model}; try another lr or optimizer (docs/training.md, "
+                f"'Defaults') or `htaf compare --grid lr=1e-3,3e-3,1e-2`", stacklevel=2)
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training split; returns the epoch's train metrics and timing."""
