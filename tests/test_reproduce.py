@@ -89,6 +89,10 @@ def test_report_tables_and_readme_sections(tmp_path):
     assert "| approx_sign | — | — | 79.33 |" in body               # the CIFAR section
     assert "| sigmoid | 6 | — | 95.67 |" in body                   # the digits table
     assert body.count("hard val acc %") == 2
+    # the scoreboard: every HTAF result against the best baseline chosen on validation
+    # (approx_sign), paired over seeds: diffs 1, 3, 1 pts → 1.67 ± 4.303·1.155/√3 = [−1.20, +4.54]
+    assert "| bnn | htaf | — | approx_sign | +1.67 [-1.20, +4.54] | tie |" in body
+    assert "0 win(s), 1 tie(s), 0 loss(es)" in body
 
 
 def test_cli_rejects_unknown_part(capsys):

@@ -38,3 +38,18 @@ def check_int(name: str, value, *, low: int | None = None) -> int:
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
+
+
+def check_fields(what: str, d, cls) -> dict:
+    """``d`` as a new dict when it is a dict whose keys are all fields of dataclass ``cls``; else
+    ``ValueError`` naming ``what`` and the unknown keys (and the known ones)."""
+    import dataclasses
+
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    return dict(d)

@@ -47,7 +47,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import check_int, check_real
+from ._checks import check_fields, check_int, check_real
 from .engine.config import TrainConfig
 
 __all__ = ["CompareConfig", "Variant", "compare", "build_variants", "compare_recipe",
@@ -376,14 +376,7 @@ class CompareConfig:
     def from_dict(cls, d: dict) -> CompareConfig:
         """Build from a (JSON) dict: ``recipe`` may hold only the fields that differ from
         htaf compare's defaults; unknown keys are an error naming them."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a comparison config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown comparison field(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        d = dict(d)
+        d = check_fields("comparison", d, cls)
         recipe = dict(d.pop("recipe", {}))
         for key in ("anneal_gamma", "anneal_beta"):
             if isinstance(recipe.get(key), list):

@@ -480,6 +480,8 @@ def _accuracy_section(parts: dict, compact: bool = False) -> list[str]:
     for group in groups:
         keys = [k for k in PARTS if PARTS[k].group == group]
         lines += [("### " if compact else "## ") + _GROUPS[group], ""]
+        if group != "defaults":                   # selection sweeps: no verdicts to tally
+            lines += _scoreboard({k: parts[k] for k in keys if parts[k] is not None})
         for key in (k for k in keys if parts[k] is not None):
             lines += _part_lines(key, parts[key], compact)
         missing = [k for k in keys if parts[k] is None]
@@ -497,6 +499,42 @@ def _accuracy_section(parts: dict, compact: bool = False) -> list[str]:
                                            else "") for p in PARTS]
         lines += ["htaf reproduce speed", "htaf reproduce report", "```", "", _CAVEATS, ""]
     return lines
+
+
+def _scoreboard(parts: dict) -> list[str]:
+    """Every HTAF result of a group against the best baseline (chosen on validation), or against
+    the full-precision ceiling where a part has no baseline: wins, ties and losses side by side."""
+    from .stats import paired_difference
+
+    rows = []
+    for key, res in parts.items():
+        for c in res.comparisons:
+            rows.append((key, c["htaf"], c["depth"] if c["depth"] is not None else
+                         res.recipe["model_kwargs"].get("depth"), c["baseline"], c))
+        if not res.comparisons:
+            for depth in dict.fromkeys(r["depth"] for r in res.rows):
+                sel = [r for r in res.selected.values() if r["depth"] == depth]
+                ceiling = next((r for r in sel if r["variant"].kind == "ceiling"), None)
+                for r in sel:
+                    if r["variant"].kind == "htaf" and ceiling is not None:
+                        d = paired_difference(r["per_seed"]["hard_test_acc"],
+                                              ceiling["per_seed"]["hard_test_acc"])
+                        rows.append((key, r["variant"].name, depth,
+                                     f"{ceiling['variant'].name} (ceiling)", d))
+    if not any(r[4]["mean"] is not None for r in rows):
+        return []
+    out = ["| part | HTAF | depth | against (chosen on val) | Δ hard test acc, pts (95 % CI) "
+           "| verdict |", "|---|---|---|---|---|---|"]
+    rows = [r for r in rows if r[4]["mean"] is not None]
+    for key, name, depth, base, d in rows:
+        ci = f" [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]" if d["ci"] else ""
+        out.append(f"| {key} | {name} | {'—' if depth is None else depth} | {base} | "
+                   f"{100 * d['mean']:+.2f}{ci} | {d['verdict']} |")
+    tally = {v: sum(r[4]["verdict"] == v for r in rows) for v in ("win", "tie", "loss")}
+    return out + ["", f"HTAF in these comparisons: {tally['win']} "
+                      f"win(s), {tally['tie']} tie(s), {tally['loss']} loss(es) (the verdict "
+                      f"is the sign of the paired 95 % interval over seeds, not of the means).",
+                  ""]
 
 
 def _extra_lines(key: str, res, compact: bool) -> list[str]:

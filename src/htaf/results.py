@@ -278,6 +278,8 @@ class CompareResult:
             return fmt(r[key])
 
         def anneal(gamma):
+            if isinstance(gamma, str):
+                return f"anneal_gamma={gamma!r}"
             return ("γ fixed" if gamma is None else "γ annealed "
                     + "→".join(f"{g:g}" for g in gamma) + f" ({r['anneal_schedule']})")
 

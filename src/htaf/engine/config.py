@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_fields, check_int, check_real
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "ANNEAL_SCHEDULES", "LOG_FORMATS",
            "RESUMABLE"]
@@ -242,14 +242,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Build from a (JSON) dict; unknown keys are an error naming them."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        d = dict(d)
+        d = check_fields("config", d, cls)
         for key in _PAIRS:
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])

@@ -54,6 +54,7 @@ from importlib import resources
 import torch
 
 from .._build import build_error, load_library
+from .ops import as_layout_of
 
 __all__ = [
     "KINDS",
@@ -165,28 +166,6 @@ def _require(*tensors: torch.Tensor) -> ctypes.CDLL:
 
 
 # ----------------------------------------------------------------------------- layout
-def _is_dense(t: torch.Tensor) -> bool:
-    """True when the elements of ``t`` fill one gap-free, non-overlapping block of memory."""
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _in_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``t`` when it is dense with ``out``'s strides, else a copy laid out as ``out``."""
-    if t.shape != out.shape:
-        raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(out.shape)}")
-    if t.is_contiguous() and out.is_contiguous():   # the common case, decided in C++
-        return t
-    same = all(a == b for a, b, n in zip(t.stride(), out.stride(), t.shape) if n != 1)
-    if same and _is_dense(t):
-        return t
-    return torch.empty_like(out, dtype=t.dtype).copy_(t)
-
-
 def _threads() -> int:
     return torch.get_num_threads()
 
@@ -197,7 +176,7 @@ def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
     lib = _require(x)
     out = torch.empty_like(x)
     if out.numel():
-        x = _in_layout_of(x, out)
+        x = as_layout_of(x, out)
         lib.htaf_step(x.data_ptr(), out.data_ptr(), out.numel(), _STORAGE[x.dtype],
                       bool(signed), _threads())
     return out
@@ -208,7 +187,7 @@ def htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> to
     lib = _require(x)
     out = torch.empty_like(x)
     if out.numel():
-        x = _in_layout_of(x, out)
+        x = as_layout_of(x, out)
         lib.htaf_forward(x.data_ptr(), out.data_ptr(), out.numel(), _STORAGE[x.dtype],
                          float(alpha), float(beta), float(gamma), _threads())
     return out
@@ -261,7 +240,7 @@ def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int, params,
     lib = _require(grad, x)
     out = torch.empty_like(grad)
     if out.numel():
-        grad, x = _in_layout_of(grad, out), _in_layout_of(x, out)
+        grad, x = as_layout_of(grad, out), as_layout_of(x, out)
         lib.htaf_surrogate_backward(grad.data_ptr(), x.data_ptr(), out.data_ptr(), out.numel(),
                                     _STORAGE[x.dtype], kind, *c, float(scale), _threads())
     return out

@@ -50,3 +50,27 @@ def _(x, params):
 @torch.library.register_fake("htaf::surrogate_backward")
 def _(grad, x, kind, params, scale):
     return torch.empty_like(grad)
+
+
+# ----------------------------------------------------------------------------- memory layout
+def is_dense(t: torch.Tensor) -> bool:
+    """True when the elements of ``t`` fill one gap-free, non-overlapping block of memory."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def as_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is dense with ``out``'s strides, else a copy laid out as ``out``: what
+    the fused kernels (C and Triton) need to walk both as one flat block."""
+    if t.shape != out.shape:
+        raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(out.shape)}")
+    if t.is_contiguous() and out.is_contiguous():   # the common case, decided in C++
+        return t
+    same = all(a == b for a, b, n in zip(t.stride(), out.stride(), t.shape) if n != 1)
+    if same and is_dense(t):
+        return t
+    return torch.empty_like(out, dtype=t.dtype).copy_(t)

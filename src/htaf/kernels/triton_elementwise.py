@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .ops import as_layout_of
 from .triton_surrogates import KERNEL_IDS, derivative, htaf_value
 
 __all__ = ["triton_htaf_forward", "triton_surrogate_backward", "triton_step",
@@ -93,29 +94,6 @@ def _step_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, INT64: tl.constexpr,
 
 
 # ----------------------------------------------------------------------------- host side
-def _is_dense(t: torch.Tensor) -> bool:
-    """True when the elements of ``t`` fill one gap-free, non-overlapping block of memory."""
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n != 1)
-
-
-def _as_layout_of(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when it already has ``out``'s (dense) memory layout, else a copy that does."""
-    if t.shape != out.shape:
-        raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(out.shape)}")
-    if _is_dense(t) and _same_layout(t, out):
-        return t
-    return torch.empty_like(out, dtype=t.dtype).copy_(t)
-
-
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """The memory block of a dense tensor as a 1-D contiguous view (same storage)."""
     return t.as_strided((t.numel(),), (1,))
@@ -175,7 +153,7 @@ def triton_htaf_forward(x: torch.Tensor, params) -> torch.Tensor:
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    _launch(_htaf_fwd_kernel, [_as_layout_of(x, out), out], *_param_pointers(params, x))
+    _launch(_htaf_fwd_kernel, [as_layout_of(x, out), out], *_param_pointers(params, x))
     return out
 
 
@@ -193,7 +171,7 @@ def triton_surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int, pa
     out = torch.empty_like(grad)
     if out.numel() == 0:
         return out
-    _launch(_surrogate_bwd_kernel, [_as_layout_of(grad, out), _as_layout_of(x, out), out],
+    _launch(_surrogate_bwd_kernel, [as_layout_of(grad, out), as_layout_of(x, out), out],
             *_param_pointers(params, x), float(scale), KIND=int(kind))
     return out
 
@@ -204,7 +182,7 @@ def triton_step(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    _launch(_step_kernel, [_as_layout_of(x, out), out], SIGNED=bool(signed))
+    _launch(_step_kernel, [as_layout_of(x, out), out], SIGNED=bool(signed))
     return out
 
 
