@@ -38,7 +38,8 @@ SRC = TESTS.parent / "src"
 
 def _config(tmp_path, **kw) -> TrainConfig:
     base = dict(model="test_mlp", model_kwargs={"activation": "htaf", "depth": 2, "width": 32},
-                data="digits", epochs=3, batch_size=64, lr=0.05, out_dir=str(tmp_path / "runs"),
+                data="digits", epochs=3, batch_size=64, optimizer="sgd", lr=0.05,
+                weight_decay=5e-4, schedule="cosine", out_dir=str(tmp_path / "runs"),
                 log="none", seed=0, anneal_gamma=(1.0, 30.0), tensorboard=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -259,7 +260,8 @@ def test_ddp_two_processes_with_batchnorm_equal_one(tmp_path, digits):
     the statistics of unequal shards."""
     data = _digits_zip(tmp_path / "digits.zip", digits, 530, 120)
     config = dict(model="test_mlp", data=str(data), data_cache=str(tmp_path / "cache"), epochs=2,
-                  batch_size=64, lr=0.1, out_dir=None, log="plain", device="cpu",
+                  batch_size=64, optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="cosine",
+                  out_dir=None, log="plain", device="cpu",
                   model_kwargs={"activation": "htaf_st", "depth": 2, "width": 32, "norm": True})
     script, out = tmp_path / "worker.py", tmp_path / "ddp.pt"
     script.write_text(_DDP_SCRIPT.format(tests=str(TESTS), src=str(SRC), config=config,

@@ -66,15 +66,16 @@ class TrainConfig:
     """Global batch size (split across torchrun processes)."""
     eval_batch_size: int = 1024
     """Batch size of evaluation."""
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    """Optimizer."""
-    lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    """Optimizer (the default recipe, AdamW one-cycle lr 1e-3 without weight decay, was chosen
+    on validation: docs/training.md, 'Defaults')."""
+    lr: float = 1e-3
     """Peak learning rate."""
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0
     """Weight decay, on weights of two or more dimensions only (not biases or norms)."""
     momentum: float = 0.9
     """SGD momentum; AdamW's beta1."""
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant"] = "onecycle"
     """Learning-rate schedule, set every step: cosine decay to 0, one-cycle (rise from lr/25,
     then linear decay to 0) or constant."""
     warmup: float = 0.0
