@@ -6,7 +6,7 @@ sweeps) run by the same driver as ``htaf compare``; its folder ``docs/results/<p
 speed benchmarks' JSON (``benchmarks/results/``) into ``docs/results.md`` and the README's
 generated sections (between ``<!-- results:begin -->``/``<!-- compare:begin -->`` markers):
 
-    htaf reproduce digits                # `htaf compare` with no arguments (CPU, ~1 minute)
+    htaf reproduce digits                # `htaf compare` with no arguments (CPU, ~80 s)
     htaf reproduce dhn  --data ../shared/datasets/cifar10-jpeg.zip     # one GPU each
     htaf reproduce snn  --data ../shared/datasets/cifar10-jpeg.zip
     htaf reproduce bnn  --data ../shared/datasets/cifar10-jpeg.zip
