@@ -529,13 +529,16 @@ def test_cuda_run_with_amp_channels_last_and_augment(tmp_path, digits):
 
 
 def test_auto_annealing_follows_the_evidence():
-    """"auto": γ 1 → 30 for convolutional models (the CIFAR CNN probe), fixed γ for MLPs (digits)."""
+    """"auto": γ 1 → 30 for convolutional models over runs of ≥ 1,000 steps, fixed γ for MLPs and
+    short runs (the anneal-defaults and train-defaults parts, on validation)."""
     from htaf.models import create_model
 
     mlp = create_model("dhn_mlp", in_features=64, num_classes=10, depth=2, width=16)
     cnn = create_model("dhn_cnn", in_channels=1, image_size=8, num_classes=10, width_mult=1 / 16)
     assert resolve_anneal_gamma("auto", mlp) is None
     assert resolve_anneal_gamma("auto", cnn) == (1.0, 30.0)
+    assert resolve_anneal_gamma("auto", cnn, steps=1266) == (1.0, 30.0)   # Fashion-MNIST, 3 ep.
+    assert resolve_anneal_gamma("auto", cnn, steps=110) is None            # digits, 10 epochs
     assert resolve_anneal_gamma((2.0, 5.0), mlp) == (2.0, 5.0)
     assert TrainConfig().anneal_gamma == "auto"
     assert TrainConfig.from_dict(TrainConfig().to_dict()).anneal_gamma == "auto"
@@ -689,3 +692,13 @@ def test_a_run_that_ends_at_chance_says_so(tmp_path, digits):
     with warnings.catch_warnings():                     # a run that learns does not warn
         warnings.simplefilter("error")
         train(_config(tmp_path, epochs=2, out_dir=None), dataset=digits)
+
+
+@pytest.mark.parametrize("width_mult", [pytest.param(1.0, marks=pytest.mark.slow), 0.25])
+def test_the_default_dhn_cnn_learns_the_default_data(digits, width_mult):
+    """`htaf train --model dhn_cnn` with every default (AdamW one-cycle 1e-3, 10 epochs, smooth
+    HTAF, anneal_gamma="auto"): it stayed at chance under the old SGD recipe, and at 48.6 % with
+    γ annealed to 30 within digits' 110 steps. Default width is slow-marked (~2.5 CPU minutes)."""
+    result = train(TrainConfig(model="dhn_cnn", model_kwargs={"width_mult": width_mult},
+                               out_dir=None, log="none", device="cpu"), dataset=digits)
+    assert result.metrics["hard_val_acc"] >= 0.90, result.metrics

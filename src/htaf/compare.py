@@ -434,10 +434,10 @@ def _resolve_auto_annealing(config: CompareConfig, dataset) -> CompareConfig:
     "auto": each run resolves it for its own model."""
     if config.recipe.anneal_gamma != "auto" or not config.activations:
         return config
-    from .engine.recipe import build_model, resolve_anneal_gamma
+    from .engine.recipe import build_model, planned_steps, resolve_anneal_gamma
 
-    model = build_model(config.train_config(config.variants()[0], config.seeds[0]), dataset)
-    resolved = resolve_anneal_gamma("auto", model)
+    tc = config.train_config(config.variants()[0], config.seeds[0])
+    resolved = resolve_anneal_gamma("auto", build_model(tc, dataset), planned_steps(tc, dataset))
     return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe,
                                                                   anneal_gamma=resolved))
 

@@ -35,7 +35,7 @@ from .. import metrics as _metrics
 from ..nn import apply_constraints
 from . import checkpoint, distributed
 from .config import TrainConfig
-from .recipe import anneal_progress, build_model, lr_factor, make_optimizer, smooth_annealer
+from .recipe import anneal_progress, build_model, lr_factor, make_optimizer, planned_steps, smooth_annealer
 from .runlog import RunLog, check_folder, clear_folder, split_of
 from .summary import log_line, write_summary
 
@@ -119,11 +119,11 @@ class Trainer:
             model = distributed.sync_batchnorm(model, self.device)
         self.model = model
         self.optimizer = make_optimizer(config, model)
-        self.annealer = smooth_annealer(config, model)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.train_batches = self._batches("train", shuffle=True)
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = config.epochs * self.steps_per_epoch
+        self.annealer = smooth_annealer(config, model, planned_steps(config, dataset))
         self.warmup_steps = round(config.warmup * self.steps_per_epoch)
         self.fast, self.train_model = _wrap(model, config, env, self.device)
         self.extra_loss = getattr(model, "extra_loss", None)
