@@ -105,8 +105,8 @@ PARTS: dict[str, Part] = {
         smoke={}, group="defaults",
         baseline_note="each model at its own best optimizer and lr on validation"),
     "anneal-defaults": Part(
-        "anneal_gamma=\"auto\" (γ 1 → 30 for convolutional models, fixed for MLPs): smooth "
-        "HTAF on Fashion-MNIST, fixed γ or annealed",
+        "anneal_gamma=\"auto\" (γ 1 → 30 for convolutional models over ≥ 1,000 steps, fixed "
+        "for MLPs): smooth HTAF on Fashion-MNIST, fixed γ or annealed",
         {"recipe": {**_FM_RECIPE, "anneal_gamma": "auto"}, "activations": [], "seeds": [0, 1],
          "models": [{"label": "MLP depth 6", "model": "dhn_mlp", "role": "htaf",
                      "model_kwargs": {"depth": 6, "width": 256, "activation": "htaf"}},
