@@ -23,5 +23,5 @@ def trained_digits_run() -> RunResult:
     config = TrainConfig(model="icbm_cnn", model_kwargs={"width": 16, "num_concepts": 32},
                          data="digits", epochs=EPOCHS, batch_size=64, optimizer="adamw", lr=0.01,
                          weight_decay=1e-4, schedule="onecycle", out_dir=root, name="icbm-digits",
-                         log="none", device="cpu", seed=0)
+                         log="none", device="cpu", seed=0, anneal_gamma=(1.0, 30.0))
     return train(config)
