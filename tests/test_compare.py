@@ -230,3 +230,21 @@ def test_smooth_htaf_is_not_a_variant_of_a_binary_net(tmp_path):
         acts = CompareConfig(recipe={"model": model}, out_dir=None).activations
         assert "htaf" not in acts and "htaf_st" in acts and set(acts) < set(DEFAULT_ACTIVATIONS)
     assert "htaf" in CompareConfig(out_dir=None).activations
+
+
+def test_each_architecture_is_compared_with_its_own_baselines():
+    """A part with an MLP line-up and a CNN line-up (fmnist-bnn): the binary CNN's HTAF is
+    compared with the best *CNN* baseline, never with the MLP's (which may be far better)."""
+    cfg = CompareConfig(activations=("htaf_st", "approx_sign"), out_dir=None).to_dict()
+    mlp_h, mlp_b = Variant("htaf_st"), Variant("approx_sign")
+    cnn_h = Variant(model="bnn_vgg_small", title="CNN htaf_st", role="htaf")
+    cnn_b = Variant(model="bnn_vgg_small", title="CNN ste", role="baseline")
+    runs = []
+    for seed in range(3):
+        runs += [_run(mlp_h, seed, 0.88, 0.87), _run(mlp_b, seed, 0.89, 0.88 + 0.001 * seed),
+                 _run(cnn_h, seed, 0.84, 0.83 + 0.001 * seed), _run(cnn_b, seed, 0.83, 0.82)]
+    res = CompareResult(cfg, runs)
+    against = {c["htaf"]: c["baseline"] for c in res.comparisons}
+    assert against == {"htaf_st": "approx_sign", "CNN htaf_st": "CNN ste"}
+    cnn = next(c for c in res.comparisons if c["htaf"] == "CNN htaf_st")
+    assert cnn["verdict"] == "win" and cnn["mean"] > 0       # +1.1 points, not −5 vs the MLP

@@ -66,6 +66,9 @@ def _variant(d: dict) -> Variant:
                    title=d.get("title"), role=d.get("role"))
 
 
+_ANY = object()   # best_baseline over every architecture
+
+
 @dataclass
 class CompareResult:
     """Per-run records (``runs``: variant, seed, final ``metrics``, ``history``, ``time``),
@@ -97,9 +100,11 @@ class CompareResult:
             row["selected"] = self.selected[(row["variant"].family, row["depth"])] is row
         self.comparisons = []
         for depth in dict.fromkeys(r["depth"] for r in self.rows):
-            base = self.best_baseline(depth)
             for row in self.selected.values():
-                if base is None or row["depth"] != depth or row["variant"].kind != "htaf":
+                if row["depth"] != depth or row["variant"].kind != "htaf":
+                    continue
+                base = self.best_baseline(depth, row["variant"].model)
+                if base is None:
                     continue
                 diff = paired_difference(row["per_seed"]["hard_test_acc"],
                                          base["per_seed"]["hard_test_acc"])
@@ -110,11 +115,13 @@ class CompareResult:
     def row(self, variant: Variant) -> dict:
         return next(r for r in self.rows if r["variant"] == variant)
 
-    def best_baseline(self, depth: int | None = None) -> dict | None:
+    def best_baseline(self, depth: int | None = None, model=_ANY) -> dict | None:
         """The baseline family whose selected setting has the best hard **validation** accuracy
-        (at ``depth``)."""
+        (at ``depth``; of the same architecture ``model``, None for the recipe's: a binary CNN
+        is compared with binary CNNs, not with the MLP of the same part)."""
         rows = [r for r in self.selected.values() if r["variant"].kind == "baseline"
-                and (depth is None or r["depth"] == depth) and r["hard_val_acc"] is not None]
+                and (depth is None or r["depth"] == depth) and r["hard_val_acc"] is not None
+                and (model is _ANY or r["variant"].model == model)]
         return max(rows, key=_val, default=None)
 
     @classmethod
@@ -156,7 +163,7 @@ class CompareResult:
                 delta = _signed(d["mean"]) + (f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
                                               if d["ci"] else "")
                 verdict = d["verdict"]
-            elif row is self.best_baseline(row["depth"]):
+            elif row is self.best_baseline(row["depth"], v.model):
                 delta = "(best baseline)"
             flag = f" ({row['diverged']} diverged)" if row["diverged"] else ""
             lines.append(
@@ -202,9 +209,11 @@ class CompareResult:
         """One line per depth: each HTAF family's test accuracy, its difference with the best
         baseline (chosen on validation) and the verdict; the ceiling."""
         out = []
-        for depth in dict.fromkeys(r["depth"] for r in self.rows):
-            rows = [r for r in self.selected.values() if r["depth"] == depth]
-            best = self.best_baseline(depth)
+        groups = dict.fromkeys((r["depth"], r["variant"].model) for r in self.rows)
+        for depth, model in groups:
+            rows = [r for r in self.selected.values()
+                    if r["depth"] == depth and r["variant"].model == model]
+            best = self.best_baseline(depth, model)
             parts = []
             for r in rows:
                 if r["variant"].kind == "htaf":
@@ -221,6 +230,8 @@ class CompareResult:
                       if r["variant"].kind == "ceiling"]
             shown = depth if depth is not None else self.recipe["model_kwargs"].get("depth")
             prefix = "" if shown is None else f"depth {shown}: "
+            if len({m for _, m in groups}) > 1:
+                prefix = f"{model or self.recipe['model']}: " + prefix
             out.append(prefix + "hard test accuracy " + ", ".join(parts))
         return "\n".join(out)
 
