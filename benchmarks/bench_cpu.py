@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import htaf
 from htaf import functional as F
+from htaf import kernels
 from htaf.kernels import cpu
 from htaf.nn import LIFNode
 
@@ -73,14 +74,17 @@ def interleaved_times(fns: dict, reps: int, warmup: int = 2) -> dict[str, dict[s
 
 @contextlib.contextmanager
 def reference_path():
-    """The ops as before the native kernels: every CPU op falls back to its PyTorch reference."""
-    saved = dict(cpu._loaded)
-    cpu._loaded.update({name: None for name in ("htaf_cpu_f32", "htaf_cpu_f64")})
+    """The library as without the native kernels (``HTAF_NO_NATIVE``'s path): ``kernels.fused``
+    answers False on the CPU, so every layer runs its PyTorch reference."""
+    saved = kernels._state.get("native")
+    kernels._state["native"] = False
     try:
         yield
     finally:
-        cpu._loaded.clear()
-        cpu._loaded.update(saved)
+        if saved is None:
+            kernels._state.pop("native", None)
+        else:
+            kernels._state["native"] = saved
 
 
 def on_reference(fn):

@@ -495,3 +495,28 @@ def test_benchmark_tables_and_docs_markers(tmp_path):
     bench.update_docs(doc, text)
     body = doc.read_text()
     assert "old" not in body and text in body and body.endswith("end\n")
+
+
+def test_benchmark_reference_rows_run_the_pytorch_reference():
+    """bench_cpu's 'reference' rows switch the library to its PyTorch path (HTAF_NO_NATIVE's),
+    and back: a broken switch had made every reference row raise once the native kernels became
+    the ops' CPU implementations."""
+    import importlib.util
+    from pathlib import Path
+
+    from htaf import functional as F
+    from htaf import kernels
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = torch.linspace(-3, 3, 101, requires_grad=True)
+    before = kernels.fused(x)
+    with bench.reference_path():
+        assert not kernels.fused(x)
+        y = F.htaf(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+    assert kernels.fused(x) == before
+    torch.testing.assert_close(y, F.htaf(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, torch.autograd.grad(F.htaf(x).sum(), x)[0], rtol=1e-5, atol=1e-6)
