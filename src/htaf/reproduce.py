@@ -128,7 +128,7 @@ PARTS: dict[str, Part] = {
                       "at its best scale on validation (chosen at depth 16, one seed)"),
     "fmnist-dhn-cnn": Part(
         "Small Deep Heaviside CNN on Fashion-MNIST (4 conv layers 16-16-32-32, BatchNorm)",
-        {"recipe": {**_FM_RECIPE, "model": "dhn_cnn",
+        {"recipe": {**_FM_RECIPE, "model": "dhn_cnn", "anneal_gamma": "auto",
                     "model_kwargs": {"depth": 4, "width_mult": 0.125}},
          "activations": ["htaf", "htaf_st", "ste", "sigmoid", "relu"], "seeds": _SEEDS},
         select=_FM_SELECT, smoke={"width_mult": 1 / 16}, group="fmnist",
