@@ -42,6 +42,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import cpu_name, snntorch_rows  # noqa: E402 - benchmarks/ is on sys.path above
 
 import htaf
 from htaf import functional as F
@@ -182,23 +185,7 @@ def lif_rows(device="cpu") -> dict:
                 lambda x, node=node: (sjf.reset_net(node), node(x))[1])
     except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
         rows["SpikingJelly"] = f"missing ({type(e).__name__}: {e})"
-    try:
-        import snntorch
-        from snntorch import surrogate as sts
-
-        leaky = snntorch.Leaky(beta=0.5, spike_grad=sts.atan())
-
-        def snn_step(x):
-            mem = leaky.init_leaky()
-            out = []
-            for t in range(x.shape[0]):
-                s, mem = leaky(x[t], mem)
-                out.append(s)
-            return torch.stack(out)
-
-        rows["snnTorch Leaky (atan)"] = snn_step
-    except Exception as e:  # noqa: BLE001
-        rows["snnTorch"] = f"missing ({type(e).__name__}: {e})"
+    rows.update(snntorch_rows(device))
     return rows
 
 
@@ -241,16 +228,6 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001
             out[pkg] = None
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _size_label(n: int) -> str:

@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import snntorch_rows  # noqa: E402 - benchmarks/ is on sys.path above
 
 from htaf.nn import LIFNode
 from htaf.surrogates import get_surrogate
@@ -104,22 +107,7 @@ def make_rows(device, T, size, dtype):
                 lambda x, node=node: (node.reset(), node(x))[1])
     except Exception as e:  # noqa: BLE001 - report any import problem as "missing"
         rows["SpikingJelly"] = f"missing ({type(e).__name__}: {e})"
-    try:
-        import snntorch
-
-        leaky = snntorch.Leaky(beta=0.5).to(device)  # default spike_grad: atan
-
-        def snn_step(x):
-            mem = leaky.init_leaky()
-            out = []
-            for t in range(x.shape[0]):
-                s, mem = leaky(x[t], mem)
-                out.append(s)
-            return torch.stack(out)
-
-        rows["snnTorch Leaky (atan)"] = snn_step
-    except Exception as e:  # noqa: BLE001
-        rows["snnTorch"] = f"missing ({type(e).__name__}: {e})"
+    rows.update(snntorch_rows(device))
     return rows
 
 

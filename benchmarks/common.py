@@ -1,0 +1,40 @@
+"""What several benchmarks share: this CPU's name and the snnTorch LIF row of the peer tables."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def snntorch_rows(device="cpu") -> dict:
+    """snnTorch 1.0 ``Leaky`` (β = 0.5, i.e. τ = 2; its default spike_grad, atan) run over the
+    time steps of a ``[T, ...]`` input; or why it is missing."""
+    try:
+        import snntorch
+
+        leaky = snntorch.Leaky(beta=0.5).to(device)
+
+        def snn_step(x):
+            mem = leaky.init_leaky()
+            out = []
+            for t in range(x.shape[0]):
+                s, mem = leaky(x[t], mem)
+                out.append(s)
+            return torch.stack(out)
+
+        return {"snnTorch Leaky (atan)": snn_step}
+    except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
+        return {"snnTorch": f"missing ({type(e).__name__}: {e})"}
