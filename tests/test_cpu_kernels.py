@@ -188,6 +188,52 @@ def test_htaf_forward_backward_step_sizes(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [0, 1, 511, 513, 4097, 2**20 + 3])
+def test_htaf_forward_grad_is_forward_and_backward_in_one(n, dtype):
+    """The smooth mode's CPU forward: the value bit-equal to htaf_forward, the saved derivative
+    bit-equal to the backward kernel with grad 1 (both run the same stages), specials included."""
+    if n > 5000 and dtype != torch.float32:
+        pytest.skip("the large size once, in float32")
+    x = torch.cat([sample(n, dtype), torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)])
+    for abg in PARAMS["htaf"]:
+        for scale in (1.0, 2.0):
+            y, d = cpu.htaf_forward_grad(x, *abg, scale)
+            assert y.dtype == d.dtype == dtype
+            assert torch.equal(y.nan_to_num(7), cpu.htaf_forward(x, *abg).nan_to_num(7))
+            want = cpu.surrogate_backward(torch.ones_like(x), x, 0, abg, scale)
+            assert torch.equal(d.nan_to_num(7), want.nan_to_num(7))
+            close(d, ref.htaf_backward(torch.ones_like(x), x, *abg, scale))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_smooth_htaf_saves_its_derivative_on_the_cpu(dtype, signed):
+    """float32/float64 on the CPU: the forward saves HTAF' (one tensor the size of x, not x) and
+    the backward multiplies; values and gradients equal the recomputing path exactly. Half
+    types keep recomputing (a saved 16-bit derivative would round before the product)."""
+    from htaf.surrogates import _BinaryFunction
+    s = get_surrogate("htaf", alpha=0.3, beta=5.0, gamma=2.0)
+    x = torch.cat([sample(1000, dtype), torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)])
+    g = sample(x.numel(), dtype, 1.0, seed=5)
+    saved = []
+    x1 = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y1 = s.apply(x1, "smooth", signed)
+    (dx1,) = torch.autograd.grad(y1, x1, g)
+    x2 = x.clone().requires_grad_()
+    y2 = _BinaryFunction.apply(x2, s, s.params, signed, True)
+    (dx2,) = torch.autograd.grad(y2, x2, g)
+    assert torch.equal(y1.nan_to_num(7), y2.nan_to_num(7))
+    assert torch.equal(dx1.nan_to_num(7), dx2.nan_to_num(7))
+    if dtype in HALF:
+        assert not kernels.saves_derivative(x1) and any(t is x1 for t in saved)
+    else:
+        assert kernels.saves_derivative(x1)
+        assert len(saved) == 1 and saved[0].shape == x.shape and saved[0] is not x1
+        close(saved[0], ref.htaf_backward(torch.ones_like(x), x, *s.params, 2.0 if signed else 1.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_special_values(dtype):
     x = torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)
     g = torch.linspace(-2, 2, x.numel(), dtype=torch.float64).to(dtype)

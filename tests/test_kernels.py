@@ -362,7 +362,12 @@ def test_backward_saves_only_the_input(surrogate, how):
     else:
         fn = lambda t: getattr(F, how)(t, surrogate)
     y, saved = _saved_bytes(fn, x)
-    assert len(saved) == 1 and saved[0] is x
+    if how == "smooth" and surrogate == "htaf" and kernels.saves_derivative(x):
+        # the CPU kernels save HTAF'(x) instead (one tensor the size of x): cheaper than
+        # recomputing it there (tests/test_cpu_kernels.py)
+        assert len(saved) == 1 and saved[0] is not x and saved[0].shape == x.shape
+    else:
+        assert len(saved) == 1 and saved[0] is x
     y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
 
@@ -370,7 +375,8 @@ def test_backward_saves_only_the_input(surrogate, how):
 def test_htaf_smooth_saves_only_the_input():
     x = torch.randn(3, 7, requires_grad=True)
     _, saved = _saved_bytes(lambda t: F.htaf(t, 0.5, 4.0, 2.0), x)
-    assert [t is x for t in saved] == [True]
+    assert len(saved) == 1 and saved[0].shape == x.shape
+    assert (saved[0] is x) != kernels.saves_derivative(x)   # x, or HTAF'(x) on the CPU
 
 
 class _Net(torch.nn.Module):

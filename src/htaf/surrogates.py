@@ -241,6 +241,10 @@ class Surrogate:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
         params = self.params if params is None else tuple(params)
+        if (mode == "smooth" and self.kernel_id == HTAFSurrogate.kernel_id
+                and x.requires_grad and torch.is_grad_enabled() and kernels.saves_derivative(x)):
+            return _SmoothHTAFFunction.apply(x, _as_tensors(params, x), signed,
+                                             self.grad_scale(signed))[0]
         return _BinaryFunction.apply(x, self, params, signed, mode == "smooth")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,6 +308,28 @@ class _BinaryFunction(torch.autograd.Function):
         it = iter(tensors)
         params = tuple(next(it) if p is None else p for p in ctx.numbers)
         return ctx.surrogate.backward(grad, x, ctx.signed, params), None, None, None, None
+
+
+class _SmoothHTAFFunction(torch.autograd.Function):
+    """Smooth HTAF where its derivative is cheaper to save than to recompute (the CPU kernels:
+    :func:`htaf.kernels.saves_derivative`): the forward evaluates HTAF and HTAF' together and
+    saves the derivative (the size of ``x``, which is then not saved); the backward multiplies.
+    Returns ``(y, derivative)``; callers take ``[0]``."""
+
+    @staticmethod
+    def forward(x, params, signed, scale):
+        y, d = kernels.htaf_forward_grad(x, params, scale)
+        return (2.0 * y - 1.0 if signed else y), d
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, grad, _grad_d):
+        (d,) = ctx.saved_tensors
+        return grad * d, None, None, None
 
 
 # ------------------------------------------------------------------------------ the surrogates

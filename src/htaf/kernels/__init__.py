@@ -19,7 +19,8 @@ import torch
 from . import lif, ops
 from .lif import lif_multistep
 
-__all__ = ["fused", "htaf_forward", "surrogate_backward", "step", "lif_multistep", "ops", "lif"]
+__all__ = ["fused", "saves_derivative", "htaf_forward", "htaf_forward_grad", "surrogate_backward",
+           "step", "lif_multistep", "ops", "lif"]
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _state: dict[str, bool] = {}
@@ -82,6 +83,14 @@ def fused(t: torch.Tensor) -> bool:
     return _fused(t.device.type, t.device, t.dtype)
 
 
+def saves_derivative(t: torch.Tensor) -> bool:
+    """Whether smooth HTAF on ``t`` evaluates its derivative in the forward and saves it
+    (:func:`htaf_forward_grad`): the native CPU kernels with float32 or float64, where the math
+    bounds the time. Elsewhere the backward recomputes it from the input (CUDA: memory bounds
+    the time; 16-bit types: the derivative would be rounded to 16 bits before the product)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and fused(t)
+
+
 def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
     """1[x ≥ 0] or sign(x) (sign(0) = +1), NaN → NaN, in one fused pass."""
     return torch.ops.htaf.step(x, signed)
@@ -90,6 +99,12 @@ def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
 def htaf_forward(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """σ(α·x + β·tanh(γ·x)) in one fused pass; ``params`` = [α, β, γ] as 0-d tensors."""
     return torch.ops.htaf.htaf_forward(x, params)
+
+
+def htaf_forward_grad(x: torch.Tensor, params: list[torch.Tensor],
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HTAF(x), scale · HTAF'(x)) from one evaluation; CPU only (see :func:`saves_derivative`)."""
+    return torch.ops.htaf.htaf_forward_grad(x, params, scale)
 
 
 def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int,

@@ -7,6 +7,8 @@ every surrogate's derivative computed in registers:
 
 * :func:`step` — 1[x ≥ 0] or sign(x) (sign(0) = +1), NaN stays NaN;
 * :func:`htaf_forward` — HTAF(x) = σ(α·x + β·tanh(γ·x));
+* :func:`htaf_forward_grad` — HTAF(x) and its derivative from one evaluation (smooth mode's
+  forward on the CPU, where the math and not memory bounds the time);
 * :func:`surrogate_backward` — ``grad · scale · g'(x)`` for HTAF and every baseline (:data:`KINDS`);
 * :func:`lif_forward` / :func:`lif_backward` — the multi-step LIF/IF neuron and its BPTT with the
   semantics of :mod:`htaf.kernels.lif` (the backward recomputes H from X, the only saved sequence;
@@ -105,6 +107,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     sig = {
         "htaf_step": ([p, p, i64, i32, i32, i32], None),
         "htaf_forward": ([p, p, i64, i32, f64, f64, f64, i32], None),
+        "htaf_forward_grad": ([p, p, p, i64, i32, f64, f64, f64, f64, i32], None),
         "htaf_surrogate_backward": ([p, p, p, i64, i32, i32, f64, f64, f64, f64, i32], None),
         "htaf_lif_forward": ([p, p, p, p, i64, i64, i32, f64, f64, f64, i32, i32, i32, i32],
                              i32),
@@ -191,6 +194,20 @@ def htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> to
         lib.htaf_forward(x.data_ptr(), out.data_ptr(), out.numel(), _STORAGE[x.dtype],
                          float(alpha), float(beta), float(gamma), _threads())
     return out
+
+
+def htaf_forward_grad(x: torch.Tensor, alpha: float, beta: float, gamma: float,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """HTAF(x) and ``scale``·HTAF'(x) in one pass (x's dtype and layout): the smooth mode's
+    forward saving its derivative, so the backward is one multiplication (see the C source)."""
+    lib = _require(x)
+    y, d = torch.empty_like(x), torch.empty_like(x)
+    if y.numel():
+        x = as_layout_of(x, y)
+        lib.htaf_forward_grad(x.data_ptr(), y.data_ptr(), d.data_ptr(), y.numel(),
+                              _STORAGE[x.dtype], float(alpha), float(beta), float(gamma),
+                              float(scale), _threads())
+    return y, d
 
 
 def constants(kind: int, params) -> tuple[float, float, float]:
@@ -319,6 +336,10 @@ def _op_htaf_forward(x, params):
     return htaf_forward(x, *_floats(params))
 
 
+def _op_htaf_forward_grad(x, params, scale):
+    return htaf_forward_grad(x, *_floats(params), scale)
+
+
 def _op_surrogate_backward(grad, x, kind, params, scale):
     return surrogate_backward(grad, x, kind, _floats(params), scale)
 
@@ -343,6 +364,7 @@ def register_cpu_kernels() -> bool:
     if not available():
         return False
     for op, fn in (("step", _op_step), ("htaf_forward", _op_htaf_forward),
+                   ("htaf_forward_grad", _op_htaf_forward_grad),
                    ("surrogate_backward", _op_surrogate_backward),
                    ("lif_forward", _op_lif_forward), ("lif_backward", _op_lif_backward)):
         torch.library.register_kernel(f"htaf::{op}", "cpu", fn)

@@ -203,43 +203,51 @@ static inline void flush_out(int dt, const real *buf, void *dst, int64_t off, in
 }
 
 /* ------------------------------------------------------------------------------- the math */
-/* For a >= 0: tanh(a) = (1 − t)·r with t = e^(−2a), r = 1/(1 + t) (and sech²(a) = 4·t·r²).
- * About 1.5 ulp: near 0, 1 − t is exact (Sterbenz) and only t's rounding reaches it, an
- * absolute 3e-8 (invisible in HTAF's σ(z) ≈ ½ there); a select of the more accurate form per
- * range (e^v − 1 near 0, 1 − 2·t·r beyond) gained under an ulp on HTAF and cost 20 % of its
- * time.  Measured on HTAF: within the conditioning of e^z, like torch's float32 reference
- * (tests/test_cpu_kernels.py). */
-static inline real tanh_nonneg(real a, real *t, real *r) {
-    *t = exp_nonpos(-2 * a);
-    *r = 1 / (1 + *t);
-    return (1 - *t) * *r;
+/* tanh and sech² of a >= 0 (HTAF, swish_sign) from t = e^(−2a): tanh(a) = (1 − t)·r,
+ * sech²(a) = 4·t·r², with r = 1/(1 + t).  About 1.5 ulp: near 0, 1 − t is exact (Sterbenz) and only t's rounding
+ * reaches it, an absolute 3e-8 (invisible in HTAF's σ(z) ≈ ½ there); a select of the more
+ * accurate form per range (e^v − 1 near 0, 1 − 2·t·r beyond) gained under an ulp on HTAF and
+ * cost 20 % of its time.  Measured on HTAF: within the conditioning of e^z, like torch's
+ * float32 reference (tests/test_cpu_kernels.py).
+ *
+ * HTAF runs in stages over blocks of at most BLK elements (htaf_stages): each stage is a loop
+ * with a short dependency chain, so the CPU overlaps many elements.  Per element HTAF is one
+ * chain of two exponentials and two divisions, about 150 cycles of latency and more
+ * instructions than the out-of-order window holds for several elements: written as one loop it
+ * ran latency-bound, about 2× slower than in stages on this Zen 3 (the buffers stay in L1).
+ * Staging the one-exponential surrogates (sigmoid, swish_sign) made them slower: their chains
+ * are short enough. */
+
+/* HTAF's parts, for j < n: t = e^(−2|γx|), r = 1/(1 + t), z = α·x + β·tanh(γx) and
+ * e = e^(−|z|); then σ(z) = 1/(1 + e) for z >= 0 (e/(1 + e) below), σ(z)σ(−z) = e/(1 + e)². */
+struct htaf_parts { real t[BLK], r[BLK], z[BLK], e[BLK]; };
+
+static void htaf_stages(const real *restrict x, real a, real b, real g, int64_t n,
+                        struct htaf_parts *restrict h) {
+    for (int64_t j = 0; j < n; ++j) h->t[j] = exp_nonpos(-2 * (real)fabs(g * x[j]));
+    for (int64_t j = 0; j < n; ++j) {
+        real t = h->t[j], r = 1 / (1 + t), th = (1 - t) * r;
+        h->r[j] = r;
+        h->z[j] = a * x[j] + b * (g * x[j] < 0 ? -th : th);
+    }
+    for (int64_t j = 0; j < n; ++j) h->e[j] = exp_nonpos(-(real)fabs(h->z[j]));
 }
 
-static inline real htaf_value(real x, real a, real b, real g) {
-    real u = g * x, t, r;
-    real th = tanh_nonneg((real)fabs(u), &t, &r);
-    real z = a * x + b * (u < 0 ? -th : th);
-    real e = exp_nonpos(-(real)fabs(z));
-    real q = 1 / (1 + e);
-    return z >= 0 ? q : e * q;
+static inline real htaf_value_of(const struct htaf_parts *h, int64_t j) {
+    real e = h->e[j], q = 1 / (1 + e);
+    return h->z[j] >= 0 ? q : e * q;
 }
 
-static inline real htaf_slope(real x, real a, real b, real g) {
-    real u = g * x, t, r;
-    real th = tanh_nonneg((real)fabs(u), &t, &r);
-    real z = a * x + b * (u < 0 ? -th : th);
-    real e = exp_nonpos(-(real)fabs(z));
-    real q = 1 / (1 + e);
-    return (e * q * q) * (a + (4 * b * g) * (t * r * r));
+/* HTAF'(x) = σ(z)σ(−z)·(α + β·γ·sech²(γx)); bg4 = 4·β·γ */
+static inline real htaf_slope_of(const struct htaf_parts *h, int64_t j, real a, real bg4) {
+    real e = h->e[j], q = 1 / (1 + e), t = h->t[j], r = h->r[j];
+    return (e * q * q) * (a + bg4 * (t * r * r));
 }
 
 static inline real clamp0(real v) { return v < 0 ? 0 : v; }   /* NaN stays NaN */
 
-/* Derivatives of the surrogates, one per kind id (the ids of htaf.kernels.cpu.KINDS), from the
- * constants cpu.py computes in float64: c[0..2] = (α, β, γ) for HTAF, else (p, c) as in
- * htaf.kernels.baselines.constants. */
-#define D_HTAF(x)      htaf_slope(x, c0, c1, c2)
-#define D_SIGMOID(x)   sigmoid_d(x, c0, c1)
+/* Derivatives of the baselines, one per kind id (the ids of htaf.kernels.cpu.KINDS), from the
+ * constants cpu.py computes in float64: (p, c) as in htaf.kernels.baselines.constants. */
 #define D_ATAN(x)      (c0 / (1 + (c1 * (x)) * (c1 * (x))))
 #define D_FASTSIG(x)   (c0 / ((1 + c1 * (real)fabs(x)) * (1 + c1 * (real)fabs(x))))
 #define D_SUPER(x)     (c0 / ((1 + (real)fabs(x)) * (1 + (real)fabs(x))))
@@ -249,41 +257,56 @@ static inline real clamp0(real v) { return v < 0 ? 0 : v; }   /* NaN stays NaN *
 #define D_TRIANGLE(x)  (c0 * clamp0(1 - (real)fabs(x)))
 #define D_RECT(x)      ((real)fabs(x) < c1 ? c0 : (real)0)
 #define D_STE(x)       ((real)fabs(x) <= c1 ? (real)1 : (real)0)
-#define D_SWISH(x)     swish_d(x, c0, c1)
 
-static inline real sigmoid_d(real x, real p, real c) {
+static inline real sigmoid_d(real x, real p, real c) {   /* p·e/(1 + e)², e = e^(−c|x|) */
     real e = exp_nonpos(-(c * (real)fabs(x)));
     real w = 1 + e;
     return p * e / (w * w);
 }
 
+/* p·(2 − 2|u|·tanh|u|)·sech²u, u = c·x */
 static inline real swish_d(real x, real p, real c) {
-    real au = c * (real)fabs(x), t, r;
-    real th = tanh_nonneg(au, &t, &r);
+    real au = c * (real)fabs(x), t = exp_nonpos(-2 * au), r = 1 / (1 + t), th = (1 - t) * r;
     real s2 = 4 * t * r * r;
     real d = p * (2 - 2 * au * th) * s2;
     return s2 == 0 ? 0 : d;     /* where sech² underflows the derivative is 0, ±inf included */
 }
-
-/* BODY(D) expands to a loop computing D(x); one instance per kind, so each loop vectorises. */
-#define SWITCH_KIND(kind, BODY)                                                            \
-    switch (kind) {                                                                        \
-    case 0: BODY(D_HTAF) break;      case 1: BODY(D_SIGMOID) break;                        \
-    case 2: BODY(D_ATAN) break;      case 3: BODY(D_FASTSIG) break;                        \
-    case 4: BODY(D_SUPER) break;     case 5: case 11: BODY(D_PQUAD) break;                 \
-    case 6: BODY(D_PEXP) break;      case 7: BODY(D_ERF) break;                            \
-    case 8: BODY(D_TRIANGLE) break;  case 9: BODY(D_RECT) break;                           \
-    case 10: BODY(D_STE) break;      default: BODY(D_SWISH) break;                         \
-    }
+#define D_SIGMOID(x)   sigmoid_d(x, c0, c1)
+#define D_SWISH(x)     swish_d(x, c0, c1)
 
 /* out[j] = gin[j]·(scale·g'(u[j])), or scale·g'(u[j]) when gin is NULL */
 static void surrogate_block(int kind, const real *c, real scale, const real *restrict u,
                             const real *restrict gin, real *restrict out, int64_t n) {
     const real c0 = c[0], c1 = c[1], c2 = c[2];
-    (void)c2;
+    if (kind == 0) {   /* HTAF, in stages (htaf_stages) of at most BLK elements */
+        struct htaf_parts h;
+        const real bg4 = 4 * c1 * c2;
+        for (int64_t i = 0; i < n; i += BLK) {
+            const int64_t m = n - i < BLK ? n - i : BLK;
+            real *restrict o = out + i;
+            htaf_stages(u + i, c0, c1, c2, m, &h);
+            if (gin)
+                for (int64_t j = 0; j < m; ++j)
+                    o[j] = gin[i + j] * (scale * htaf_slope_of(&h, j, c0, bg4));
+            else
+                for (int64_t j = 0; j < m; ++j) o[j] = scale * htaf_slope_of(&h, j, c0, bg4);
+        }
+        return;
+    }
+    /* BODY(D) expands to a loop computing D(x); one instance per kind, so each loop vectorises */
 #define WITH_GRAD(D) for (int64_t j = 0; j < n; ++j) out[j] = gin[j] * (scale * D(u[j]));
 #define NO_GRAD(D)   for (int64_t j = 0; j < n; ++j) out[j] = scale * D(u[j]);
-    if (gin) { SWITCH_KIND(kind, WITH_GRAD) } else { SWITCH_KIND(kind, NO_GRAD) }
+#define SWITCH_KIND(BODY)                                                                  \
+    switch (kind) {                                                                        \
+    case 1: BODY(D_SIGMOID) break;   case 2: BODY(D_ATAN) break;                           \
+    case 3: BODY(D_FASTSIG) break;   case 4: BODY(D_SUPER) break;                          \
+    case 5: case 11: BODY(D_PQUAD) break;                                                  \
+    case 6: BODY(D_PEXP) break;      case 7: BODY(D_ERF) break;                            \
+    case 8: BODY(D_TRIANGLE) break;  case 9: BODY(D_RECT) break;                           \
+    case 10: BODY(D_STE) break;      default: BODY(D_SWISH) break;                         \
+    }
+    if (gin) { SWITCH_KIND(WITH_GRAD) } else { SWITCH_KIND(NO_GRAD) }
+#undef SWITCH_KIND
 #undef WITH_GRAD
 #undef NO_GRAD
 }
@@ -291,7 +314,7 @@ static void surrogate_block(int kind, const real *c, real scale, const real *res
 /* ----------------------------------------------------------------------- elementwise ops */
 struct ew_ctx {
     const void *x, *g;
-    void *out;
+    void *out, *g_out;
     int dt, kind, signed_;
     real c[3], scale;
 };
@@ -326,12 +349,35 @@ static void forward_range(void *p, int64_t lo, int64_t hi) {
     const struct ew_ctx *k = (const struct ew_ctx *)p;
     const real a = k->c[0], b = k->c[1], g = k->c[2];
     real xb[BLK], yb[BLK];
+    struct htaf_parts h;
     for (int64_t i = lo; i < hi; i += BLK) {
         int64_t n = hi - i < BLK ? hi - i : BLK;
         const real *restrict x = view_in(k->dt, k->x, i, xb, n);
         real *restrict y = view_out(k->dt, k->out, i, yb);
-        for (int64_t j = 0; j < n; ++j) y[j] = htaf_value(x[j], a, b, g);
+        htaf_stages(x, a, b, g, n, &h);
+        for (int64_t j = 0; j < n; ++j) y[j] = htaf_value_of(&h, j);
         flush_out(k->dt, yb, k->out, i, n);
+    }
+}
+
+static void forward_grad_range(void *p, int64_t lo, int64_t hi) {
+    const struct ew_ctx *k = (const struct ew_ctx *)p;
+    const real a = k->c[0], b = k->c[1], g = k->c[2], scale = k->scale;
+    const real bg4 = 4 * b * g;
+    real xb[BLK], yb[BLK], db[BLK];
+    struct htaf_parts h;
+    for (int64_t i = lo; i < hi; i += BLK) {
+        int64_t n = hi - i < BLK ? hi - i : BLK;
+        const real *restrict x = view_in(k->dt, k->x, i, xb, n);
+        real *restrict y = view_out(k->dt, k->out, i, yb);
+        real *restrict d = view_out(k->dt, k->g_out, i, db);
+        htaf_stages(x, a, b, g, n, &h);
+        for (int64_t j = 0; j < n; ++j) {
+            y[j] = htaf_value_of(&h, j);
+            d[j] = scale * htaf_slope_of(&h, j, a, bg4);
+        }
+        flush_out(k->dt, yb, k->out, i, n);
+        flush_out(k->dt, db, k->g_out, i, n);
     }
 }
 
@@ -372,6 +418,16 @@ void htaf_forward(const void *x, void *y, int64_t n, int dt, double a, double b,
                   int nthreads) {
     struct ew_ctx k = {.x = x, .out = y, .dt = dt, .c = {(real)a, (real)b, (real)g}};
     parallel_for(forward_range, &k, n, GRAIN_MATH, 64, nthreads);
+}
+
+/* y = HTAF(x) and d = scale·HTAF'(x) in one pass: the smooth mode's forward on the CPU, where
+ * the two exponentials and two divisions per element, not memory, bound the time; the backward
+ * is then grad·d, and smooth HTAF evaluates them once per element instead of twice. */
+void htaf_forward_grad(const void *x, void *y, void *d, int64_t n, int dt, double a, double b,
+                       double g, double scale, int nthreads) {
+    struct ew_ctx k = {.x = x, .out = y, .g_out = d, .dt = dt,
+                       .c = {(real)a, (real)b, (real)g}, .scale = (real)scale};
+    parallel_for(forward_grad_range, &k, n, GRAIN_MATH, 64, nthreads);
 }
 
 /* out = grad·scale·g'(x) for surrogate `kind` with constants c0..c2 */

@@ -7,7 +7,13 @@ values are read at run time, never baked into a compiled graph).
 
     htaf::step(x, signed)                              1[x ≥ 0] or sign(x), NaN → NaN
     htaf::htaf_forward(x, params)                      σ(α·x + β·tanh(γ·x)), params = [α, β, γ]
+    htaf::htaf_forward_grad(x, params, scale)         (HTAF(x), scale · HTAF'(x)): CPU only
     htaf::surrogate_backward(grad, x, kind, params, scale)   grad · scale · g'(x)
+
+``htaf_forward_grad`` serves smooth HTAF on the CPU, where the two exponentials per element bound
+the time: evaluating value and derivative together and saving the derivative halves the math of
+a forward + backward. On a GPU, memory bounds the time, and recomputing the derivative in the
+backward (one stream fewer) is the faster choice; it has no CUDA implementation.
 
 Implementations are registered per device by the backends that have one: Triton on CUDA
 (:mod:`htaf.kernels.triton_elementwise`) and native code on the CPU (:mod:`htaf.kernels.cpu`).
@@ -25,6 +31,8 @@ __all__ = ["OPS"]
 _SCHEMAS = {
     "step": "step(Tensor x, bool signed) -> Tensor",
     "htaf_forward": "htaf_forward(Tensor x, Tensor[] params) -> Tensor",
+    "htaf_forward_grad": ("htaf_forward_grad(Tensor x, Tensor[] params, float scale) "
+                          "-> (Tensor, Tensor)"),
     "surrogate_backward": ("surrogate_backward(Tensor grad, Tensor x, int kind, Tensor[] params, "
                            "float scale) -> Tensor"),
 }
@@ -45,6 +53,11 @@ def _(x, signed):
 @torch.library.register_fake("htaf::htaf_forward")
 def _(x, params):
     return torch.empty_like(x)
+
+
+@torch.library.register_fake("htaf::htaf_forward_grad")
+def _(x, params, scale):
+    return torch.empty_like(x), torch.empty_like(x)
 
 
 @torch.library.register_fake("htaf::surrogate_backward")
