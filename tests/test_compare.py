@@ -3,6 +3,7 @@ confidence interval, parallel runs that equal serial ones, resumption, and a tin
 
 import json
 import math
+import time
 
 import pytest
 
@@ -248,3 +249,33 @@ def test_each_architecture_is_compared_with_its_own_baselines():
     assert against == {"htaf_st": "approx_sign", "CNN htaf_st": "CNN ste"}
     cnn = next(c for c in res.comparisons if c["htaf"] == "CNN htaf_st")
     assert cnn["verdict"] == "win" and cnn["mean"] > 0       # +1.1 points, not −5 vs the MLP
+
+
+def _worker_that_outlives(parent):
+    from htaf.compare import _exit_with_parent
+
+    _exit_with_parent(parent, poll=0.05)
+    time.sleep(60)
+
+
+def test_workers_end_when_their_parent_is_killed():
+    """A killed parent runs no clean-up: its workers must notice and exit, not train on."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    worker = multiprocessing.get_context("spawn").Process(target=_worker_that_outlives,
+                                                          args=(parent.pid,))
+    worker.start()
+    try:
+        time.sleep(0.5)
+        assert worker.is_alive()
+        parent.kill()
+        parent.wait()
+        worker.join(timeout=30)
+        assert not worker.is_alive() and worker.exitcode == 1
+    finally:
+        parent.kill()
+        if worker.is_alive():
+            worker.kill()

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -521,7 +522,8 @@ def _execute(todo, config: CompareConfig, dataset, jobs: int, folder: Path | Non
         finally:
             _DATASET.clear()
         return out
-    with ProcessPoolExecutor(jobs, mp_context=_process_context()) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=_process_context(), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_train_one, item[2].to_dict(), config.threads): item
                    for item in todo}
         try:
@@ -547,6 +549,23 @@ def _process_context():
                                     "torch._dynamo"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """In a worker: end this process within ``poll`` seconds of the parent's end. A parent killed
+    by a signal (``kill``, a scheduler's time limit) runs no clean-up, and its workers would
+    otherwise train their current runs to the end, minutes of both cores, for nobody."""
+    def watch():
+        while True:
+            time.sleep(poll)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:   # a new process owns the number: the parent is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="htaf-exit-with-parent", daemon=True).start()
 
 
 _DATASET: dict = {}    # the dataset of this process's runs (a worker loads it once)
