@@ -566,3 +566,32 @@ def test_benchmark_reference_rows_run_the_pytorch_reference():
     assert kernels.fused(x) == before
     torch.testing.assert_close(y, F.htaf(x), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g, torch.autograd.grad(F.htaf(x).sum(), x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_eager_calls_skip_the_dispatcher_and_dispatch_modes_still_see_the_ops():
+    """Plain CPU tensors in eager mode call the kernels directly (the op dispatch costs more than
+    a small activation's kernel); under a dispatch mode the same code goes through the ops, with
+    the same results."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = sample(300, torch.float32).requires_grad_()
+    outs = []
+    for mode in (None, Record()):
+        with mode if mode is not None else torch.autograd.graph.saved_tensors_hooks(
+                lambda t: t, lambda t: t):
+            y = F.heaviside(x, "htaf") + F.htaf(x)
+            (g,) = torch.autograd.grad(y.sum(), x)
+        outs.append((y, g))
+    assert kernels._direct(x.detach())
+    for op in ("htaf.step", "htaf.surrogate_backward", "htaf.htaf_forward_grad"):
+        assert any(op in o for o in mode.ops), (op, mode.ops)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
