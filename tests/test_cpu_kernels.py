@@ -424,6 +424,39 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+_THREADS_SCRIPT = """
+import sys, torch
+from htaf.kernels import cpu
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2**19 + 2**17 + 5, generator=g) * 4
+xs = (torch.randn(4, 20001, generator=g) * 1.5 + 0.6)
+outs = [cpu.htaf_forward(x, 0.5, 4.0, 1.0), cpu.surrogate_backward(x, x, 0, (0.5, 4.0, 1.0), 1.0),
+        *cpu.lif_backward(xs, xs[0], xs, xs[1], 0.5, 1.0, 0.0, True, True, True, False, 0,
+                          (0.5, 4.0, 1.0), 1.0, True)]
+torch.save({"openmp": cpu.uses_openmp(), "outs": outs}, sys.argv[1])
+"""
+
+
+def test_openmp_and_pthread_builds_agree(tmp_path):
+    """The kernels share PyTorch's OpenMP pool where the compiler has -fopenmp; HTAF_NO_OPENMP=1
+    builds the pthread fallback. Both give the same bits with two threads."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for no_openmp in ("0", "1"):
+        out = tmp_path / f"{no_openmp}.pt"
+        env = dict(os.environ, HTAF_NO_OPENMP=no_openmp, OMP_NUM_THREADS="2")
+        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(out)], env=env, check=True,
+                       timeout=300)
+        results.append(torch.load(out))
+    assert results[1]["openmp"] is False
+    for a, b in zip(results[0]["outs"], results[1]["outs"]):
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------- LIF
 # (name, leaky, decay_input, v_reset, detach_reset, surrogate, T, N, learn_k)
 LIF_CASES = [

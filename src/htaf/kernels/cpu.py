@@ -35,10 +35,12 @@ dtypes (a float32 gradient of a bfloat16 input) take the reference.
 of memory it is and the result keeps its strides (what ``torch.empty_like`` promises); other
 inputs are first copied into the result's layout. The LIF works on ``[T, N]`` rows.
 
-**Threads.** A call uses ``torch.get_num_threads()`` POSIX threads, but only when every thread gets
+**Threads.** A call uses ``torch.get_num_threads()`` threads, but only when every thread gets
 enough work (thresholds in the C source, ``GRAIN_*``); results do not depend on the thread count.
-Plain pthreads rather than OpenMP: torch ships its own OpenMP runtime, and a second one in the
-process would compete with it.
+Built with ``-fopenmp`` where the compiler has it (:func:`uses_openmp` says), the threads are
+OpenMP's: ``libgomp.so.1`` resolves to the copy PyTorch already loaded, so the kernels share
+PyTorch's pool. Threads of our own (the fallback, or ``HTAF_NO_OPENMP=1``: one POSIX thread per
+piece) compete with PyTorch's OpenMP workers, which spin for a while after each parallel region.
 
 ``HTAF_NO_NATIVE=1`` (or no C compiler) leaves :func:`available` False; the ops then keep the
 PyTorch reference, which remains the test oracle. :func:`register_cpu_kernels` installs these
@@ -50,6 +52,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import os
 import threading
 from importlib import resources
 
@@ -91,6 +94,9 @@ KINDS: dict[str, tuple[int, tuple[str, ...]]] = {
 _NAMES = {kid: name for name, (kid, _) in KINDS.items()}
 
 _LIBS = {torch.float64: "htaf_cpu_f64", None: "htaf_cpu_f32"}
+#: OpenMP where the compiler has it: in a PyTorch process ``libgomp.so.1`` is PyTorch's own, so
+#: the kernels share its thread pool (``HTAF_NO_OPENMP=1``: a pthread per piece instead)
+_OPENMP = ("-fopenmp",)
 _FLAGS = ("-pthread", "-fno-trapping-math", "-fno-math-errno", "-Werror=implicit-function-declaration")
 _STORAGE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 0}
 _lock = threading.Lock()
@@ -105,6 +111,7 @@ def _source() -> str:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     sig = {
+        "htaf_cpu_threading": ([], i32),
         "htaf_step": ([p, p, i64, i32, i32, i32], None),
         "htaf_forward": ([p, p, i64, i32, f64, f64, f64, i32], None),
         "htaf_forward_grad": ([p, p, p, i64, i32, f64, f64, f64, f64, i32], None),
@@ -127,7 +134,12 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         with _lock:
             if name not in _loaded:
                 flags = _FLAGS + (("-DHTAF_F64=1",) if dtype == torch.float64 else ())
-                lib = load_library(name, _source(), extra_flags=flags, libraries=("m",))
+                lib = None
+                if os.environ.get("HTAF_NO_OPENMP", "").strip() in ("", "0"):
+                    lib = load_library(name + "_omp", _source(), extra_flags=flags + _OPENMP,
+                                       libraries=("m",))
+                if lib is None:
+                    lib = load_library(name, _source(), extra_flags=flags, libraries=("m",))
                 if lib is not None:
                     _declare(lib)
                 _loaded[name] = lib
@@ -138,6 +150,13 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the native kernels are compiled and loaded (compiles them on the first call)."""
     return _lib(torch.float32) is not None
+
+
+def uses_openmp() -> bool:
+    """Whether the loaded kernels run their threads on OpenMP (PyTorch's pool) rather than a
+    POSIX thread per piece (no ``-fopenmp``, or ``HTAF_NO_OPENMP=1``)."""
+    lib = _lib(torch.float32)
+    return lib is not None and bool(lib.htaf_cpu_threading())
 
 
 def backend_error() -> str | None:
