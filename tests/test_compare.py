@@ -279,3 +279,25 @@ def test_workers_end_when_their_parent_is_killed():
         parent.kill()
         if worker.is_alive():
             worker.kill()
+
+
+def test_a_selected_gamma_schedule_multiple_reaches_the_main_stage():
+    """Selection can choose a multiple of annealed smooth HTAF's γ schedule (gamma_mult); the
+    main stage must run that setting, not the default schedule."""
+    from htaf.reproduce import selected_params
+
+    class Chosen:
+        selected = {"htaf": {"variant": Variant("htaf", (), None, 0.5)},
+                    "atan": {"variant": Variant("atan", (("alpha", 4.0),))}}
+
+    act_params = selected_params(Chosen())
+    assert act_params == {"htaf": {"gamma_mult": 0.5}, "atan": {"alpha": 4.0}}
+    (main,) = build_variants(["htaf"], annealed=True, act_params=act_params)
+    assert main.gamma_mult == 0.5 and main.params == () and main.choice == "γ×0.5"
+    swept = build_variants(["htaf"], scales=(0.5, 1.0, 2.0), annealed=True,
+                           act_params=act_params)
+    assert sorted({v.gamma_mult for v in swept}) == [0.25, 0.5, 1.0]
+    with pytest.raises(ValueError, match="gamma_mult"):
+        build_variants(["htaf"], annealed=False, act_params=act_params)
+    with pytest.raises(ValueError, match="gamma_mult"):
+        build_variants(["htaf_st"], annealed=True, act_params={"htaf_st": {"gamma_mult": 2.0}})

@@ -179,6 +179,11 @@ class Variant:
                 "kind": self.kind}
 
 
+#: The key of ``act_params`` that carries a :attr:`Variant.gamma_mult` (a selected multiple of
+#: smooth HTAF's annealing range) from a selection stage into the main one.
+GAMMA_MULT = "gamma_mult"
+
+
 def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (None,),
                    scales: Sequence[float] = (), annealed: bool = False,
                    grid: dict | None = None, models: Sequence[dict] = (),
@@ -188,23 +193,28 @@ def build_variants(activations: Sequence[str], depths: Sequence[int | None] = (N
     smooth HTAF's γ follows a schedule, so its γ sweep scales the schedule (``gamma_mult``) instead
     of setting γ. ``grid``: recipe field → values, every combination a variant. ``models``: other
     models (see :class:`CompareConfig`). ``act_params``: activation → its hyperparameters (the
-    scales multiply these)."""
+    scales multiply these; for annealed smooth HTAF also ``"gamma_mult"``, a multiple of its γ
+    schedule)."""
     points = [tuple(zip(grid, combo)) for combo in itertools.product(*grid.values())] \
         if grid else [()]
     variants: list[Variant] = []
     for act in activations:
         base = dict((act_params or {}).get(act, {}))
+        g_mult = float(base.pop(GAMMA_MULT, 1.0))   # a selected multiple of the γ schedule
+        if g_mult != 1.0 and not (annealed and resolve_activation(act).smooth):
+            raise ValueError(f"act_params[{act!r}][{GAMMA_MULT!r}] scales the annealing of smooth "
+                             f"HTAF's γ; {act!r} has none here")
         resolve_activation(act, base, family=family)   # names the choices, or the family's modes
         sweeps: list[tuple[tuple[tuple[str, float], ...], float]] = [
-            (tuple(sorted(base.items())), 1.0)]
+            (tuple(sorted(base.items())), g_mult)]
         for param, value in _scale_params(act, base):
             for m in scales:
                 if m == 1.0:
                     continue
                 if annealed and resolve_activation(act).smooth and param == "gamma":
-                    sweeps.append((tuple(sorted(base.items())), m))   # γ set by the schedule
+                    sweeps.append((tuple(sorted(base.items())), g_mult * m))   # the schedule's
                 else:
-                    sweeps.append((tuple(sorted({**base, param: value * m}.items())), 1.0))
+                    sweeps.append((tuple(sorted({**base, param: value * m}.items())), g_mult))
         for (params, gamma_mult), setting, depth in itertools.product(sweeps, points, depths):
             resolve_activation(act, dict(params))   # e.g. a multiple that breaks a bound
             variants.append(Variant(act, params, depth, gamma_mult, setting))

@@ -375,12 +375,17 @@ _EXTRAS = {
 
 def selected_params(result) -> dict[str, dict]:
     """Activation → the hyperparameters of its setting selected on validation (a selection
-    stage sweeps one depth, so each activation has one selected row)."""
+    stage sweeps one depth, so each activation has one selected row), with ``"gamma_mult"``
+    where the selected setting is a multiple of annealed smooth HTAF's γ schedule."""
+    from .compare import GAMMA_MULT
+
     chosen = {}
     for row in result.selected.values():
         v = row["variant"]
         if v.activation is not None:
             chosen[v.activation] = dict(v.params)
+            if v.gamma_mult != 1.0:
+                chosen[v.activation][GAMMA_MULT] = v.gamma_mult
     return chosen
 
 
