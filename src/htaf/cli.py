@@ -201,7 +201,7 @@ def _add_compare(sub) -> None:
                     "the test split beside it, HTAF against the best baseline as a paired 95 % "
                     "confidence interval; print the table and write report.md, results.json and "
                     "PNG plots into OUT/NAME/. With no arguments: a 6-hidden-layer Heaviside MLP "
-                    "on scikit-learn's digits, about 80 s on 2 CPU cores.",
+                    "on scikit-learn's digits, about 70 s on 2 CPU cores.",
         epilog="examples:\n  htaf compare --depths 2 6 12 20\n  htaf compare --scales 0.5 2\n"
                "  htaf compare --activations htaf --grid anneal_gamma=none,1:3,1:30\n"
                "  htaf compare --model dhn_cnn --model-arg width_mult=0.25 --data mnist5k\n"

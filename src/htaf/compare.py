@@ -243,7 +243,7 @@ def compare_recipe(model: str = "dhn_mlp", **overrides) -> TrainConfig:
 class CompareConfig:
     """A comparison: a training recipe, the line-up, the seeds and sweeps, and how to run it.
     The defaults are ``htaf compare`` with no arguments: a 6-hidden-layer Heaviside MLP on
-    scikit-learn's digits, 8 activations × 3 seeds, about 80 s on 2 CPU cores."""
+    scikit-learn's digits, 8 activations × 3 seeds, about 70 s on 2 CPU cores."""
 
     recipe: TrainConfig | dict = field(default_factory=compare_recipe)
     """The model, data and training recipe shared by every run: a TrainConfig, or a dict of its
