@@ -97,10 +97,16 @@ def _direct(*tensors: torch.Tensor) -> bool:
     op's Python-kernel dispatch costs 13–45 µs a call (more than the kernel on a [64, 128]
     activation). Anything else — ``torch.compile`` tracing, fake/meta or wrapped tensors, an
     active dispatch mode, other devices — goes through ``torch.ops.htaf``."""
-    return (_state.get("native", False) and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and all(type(t) is torch.Tensor and t.device.type == "cpu"
-                    and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors))
+    return (_state.get("native", False) and _DIRECT_CHECKS and not torch.compiler.is_compiling()
+            and _dispatch_modes() == 0
+            and all(type(t) is torch.Tensor and t.device.type == "cpu" and not _wrapped(t)
+                    for t in tensors))
+
+
+# Private PyTorch checks (present in 2.4–2.14); without them every call takes the ops.
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+_DIRECT_CHECKS = _dispatch_modes is not None and _wrapped is not None
 
 
 def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
