@@ -24,7 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["load_library", "native_disabled", "build_error", "cache_folder"]
+__all__ = ["load_library", "load_library_openmp_first", "env_flag", "native_disabled",
+           "build_error", "cache_folder"]
 
 _FLAG_SETS = (("-O3", "-march=native"), ("-O3",))   # the second where -march=native is refused
 _lock = threading.Lock()
@@ -32,8 +33,13 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 _errors: dict[str, str] = {}
 
 
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to something other than "", 0, false, no."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def native_disabled() -> bool:
-    return os.environ.get("HTAF_NO_NATIVE", "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag("HTAF_NO_NATIVE")
 
 
 def cache_folder() -> Path:
@@ -94,6 +100,22 @@ def load_library(name: str, source: str, *, extra_flags: tuple[str, ...] = (),
             lib = _build_and_load(name, source, cc, extra_flags, libraries, flag_sets)
         _loaded[name] = lib
         return lib
+
+
+def load_library_openmp_first(name: str, source: str, *, extra_flags: tuple[str, ...] = (),
+                              libraries: tuple[str, ...] = (),
+                              march_native: bool = True) -> ctypes.CDLL | None:
+    """:func:`load_library` of ``source`` built with ``-fopenmp`` (as ``name + "_omp"``), else,
+    where the compiler refuses it or ``HTAF_NO_OPENMP`` is set, without. In a PyTorch process the
+    library's ``libgomp.so.1`` resolves to the copy PyTorch loaded: one thread pool, shared."""
+    lib = None
+    if not env_flag("HTAF_NO_OPENMP"):
+        lib = load_library(name + "_omp", source, extra_flags=(*extra_flags, "-fopenmp"),
+                           libraries=libraries, march_native=march_native)
+    if lib is None:
+        lib = load_library(name, source, extra_flags=extra_flags, libraries=libraries,
+                           march_native=march_native)
+    return lib
 
 
 def _build_and_load(name, source, cc, extra_flags, libraries, flag_sets) -> ctypes.CDLL | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._build import build_error, load_library
+from ._build import build_error, load_library_openmp_first
 
 __all__ = ["available", "xor_popcount", "pack_nchw", "BConv", "ISAS", "isa", "supported_isas",
            "using_isa", "describe", "MODE_FLOAT", "MODE_BITS", "MODE_INT"]
@@ -39,9 +39,9 @@ MODE_FLOAT, MODE_BITS, MODE_INT = 0, 1, 2
 _LIB_NAME = "htaf_bconv"
 _SOURCE_PATH = Path(__file__).with_name("csrc") / "bconv.c"
 # -ffp-contract=off: the float epilogue rounds after · α and after + b, like PyTorch's two ops.
-# -fopenmp: share PyTorch's OpenMP threads (see csrc/bconv.c); without it, a pthread pool.
+# Built with -fopenmp where possible (load_library_openmp_first): PyTorch's OpenMP threads (see
+# csrc/bconv.c); without it, a pthread pool.
 _FLAGS = ("-ffp-contract=off", "-pthread")
-_OPENMP = ("-fopenmp",)
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -67,13 +67,8 @@ def _load() -> ctypes.CDLL | None:
         if not _tried:
             _tried = True
             source = _SOURCE_PATH.read_text()
-            lib = None
-            if os.environ.get("HTAF_NO_OPENMP", "").strip() in ("", "0"):
-                lib = load_library(_LIB_NAME + "_omp", source, extra_flags=_FLAGS + _OPENMP,
-                                   libraries=("pthread",), march_native=False)
-            if lib is None:
-                lib = load_library(_LIB_NAME, source, extra_flags=_FLAGS, libraries=("pthread",),
-                                   march_native=False)
+            lib = load_library_openmp_first(_LIB_NAME, source, extra_flags=_FLAGS,
+                                            libraries=("pthread",), march_native=False)
             if lib is not None:
                 lib.htaf_threading.restype = ctypes.c_int
                 lib.htaf_isa_supported.argtypes = [_i64]

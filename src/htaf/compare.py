@@ -570,9 +570,7 @@ def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
             time.sleep(poll)
             try:
                 os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:   # a new process owns the number: the parent is gone
+            except (ProcessLookupError, PermissionError):   # gone (or its number reused)
                 os._exit(1)
 
     threading.Thread(target=watch, name="htaf-exit-with-parent", daemon=True).start()

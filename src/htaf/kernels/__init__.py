@@ -12,10 +12,9 @@ The Triton modules are imported on the first CUDA tensor, so ``import htaf`` sta
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .._build import env_flag, native_disabled
 from . import lif, ops
 from .lif import lif_multistep
 
@@ -27,14 +26,11 @@ _state: dict[str, bool] = {}
 _capable: dict[int, bool] = {}
 
 
-def _disabled(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no")
-
 
 def _triton_ready() -> bool:
     if "triton" not in _state:
         ok = False
-        if not _disabled("HTAF_DISABLE_TRITON"):
+        if not env_flag("HTAF_DISABLE_TRITON"):
             try:
                 from . import triton_elementwise, triton_lif
             except ImportError:   # Triton not installed (CPU-only setups, macOS, Windows)
@@ -59,7 +55,7 @@ def _native_ready() -> bool:
     global cpu
     if "native" not in _state:
         ok = False
-        if not _disabled("HTAF_NO_NATIVE"):
+        if not native_disabled():
             try:
                 from . import cpu
             except ImportError:

@@ -52,13 +52,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import os
 import threading
 from importlib import resources
 
 import torch
 
-from .._build import build_error, load_library
+from .._build import build_error, load_library_openmp_first
 from .ops import as_layout_of
 
 __all__ = [
@@ -94,9 +93,6 @@ KINDS: dict[str, tuple[int, tuple[str, ...]]] = {
 _NAMES = {kid: name for name, (kid, _) in KINDS.items()}
 
 _LIBS = {torch.float64: "htaf_cpu_f64", None: "htaf_cpu_f32"}
-#: OpenMP where the compiler has it: in a PyTorch process ``libgomp.so.1`` is PyTorch's own, so
-#: the kernels share its thread pool (``HTAF_NO_OPENMP=1``: a pthread per piece instead)
-_OPENMP = ("-fopenmp",)
 _FLAGS = ("-pthread", "-fno-trapping-math", "-fno-math-errno", "-Werror=implicit-function-declaration")
 _STORAGE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 0}
 _lock = threading.Lock()
@@ -134,12 +130,8 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         with _lock:
             if name not in _loaded:
                 flags = _FLAGS + (("-DHTAF_F64=1",) if dtype == torch.float64 else ())
-                lib = None
-                if os.environ.get("HTAF_NO_OPENMP", "").strip() in ("", "0"):
-                    lib = load_library(name + "_omp", _source(), extra_flags=flags + _OPENMP,
-                                       libraries=("m",))
-                if lib is None:
-                    lib = load_library(name, _source(), extra_flags=flags, libraries=("m",))
+                lib = load_library_openmp_first(name, _source(), extra_flags=flags,
+                                                libraries=("m",))
                 if lib is not None:
                     _declare(lib)
                 _loaded[name] = lib
