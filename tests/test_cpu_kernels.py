@@ -128,6 +128,22 @@ def test_exponential_is_within_about_one_ulp_including_subnormals():
     assert (e[v < -104.5] == 0).all() and (e[(v < -88) & (v > -100)] > 0).all()
 
 
+def test_htaf_far_tail_reaches_the_subnormals():
+    """HTAF's base-2 exponentials (exp2_nonpos) give correctly rounded subnormals: far in the
+    negative tail (z down to about −103, e^z below 2^−126) value and slope follow the float64
+    reference to within the conditioning of e^z, and are 0 only where it rounds to 0."""
+    x = torch.linspace(-215.0, -150.0, 20_001)
+    a, b, g = 0.5, 4.0, 1.0
+    for out, exact in ((cpu.htaf_forward(x, a, b, g), ref.htaf_forward(x.double(), a, b, g)),
+                       (cpu.surrogate_backward(torch.ones_like(x), x, 0, (a, b, g), 1.0),
+                        ref.htaf_derivative(x.double(), a, b, g))):
+        assert (exact < 2.0**-126).any() and (exact < 2.0**-150).any()
+        z = (a * x.double() + b * torch.tanh(g * x.double())).abs()
+        err = (out.double() - exact).abs() / ulp32(exact)
+        assert (err / (1 + z)).max() <= 5.0, (err.max(), x[err.argmax()])
+        assert (out[exact > 2.0**-148] > 0).all() and (out[exact < 2.0**-151] == 0).all()
+
+
 @pytest.mark.parametrize("what", ["forward", "backward"])
 def test_htaf_float32_accuracy_against_float64(what):
     """Within a few ulp where the output is well conditioned; in the tails the conditioning of
