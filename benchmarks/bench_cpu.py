@@ -17,7 +17,9 @@ SpikingJelly 2.0 ``LIFNode`` (its CPU path, default Sigmoid surrogate, and HTAF 
 Same input, same gradient, same thread count. Ideal = 2.5 × a copy of X (5 passes of T·N).
 
 Timing: wall clock, the best of ``--reps`` calls per row (medians in the JSON too), the rows of a
-table interleaved round-robin so that a change of machine load hits them alike. Ratios are to the
+table interleaved, in a new random order each round, so that a change of machine load hits them
+alike and no row always follows the same one (a call's time depends on what the call before it
+left in the caches); ``--cold`` empties the caches before every call instead. Ratios are to the
 ideal of the same table. Results go to ``benchmarks/results/bench_cpu.json`` (``--json``); the
 tables of ``docs/kernels.md`` are generated from it (``--update-docs docs/kernels.md``).
 
@@ -33,6 +35,7 @@ import argparse
 import contextlib
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -58,19 +61,63 @@ BASELINES = ("sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadra
 
 
 # ----------------------------------------------------------------------------- timing
-def interleaved_times(fns: dict, reps: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Best and median wall milliseconds of each callable, calls interleaved round-robin.
+class ColdCaches:
+    """With ``--cold``: before each timed call, read a buffer of twice the last-level cache
+    (clean lines: no write-back is left for the call to pay), so that every call starts with
+    empty caches, its data in DRAM and the interpreter's own state evicted as well (which costs
+    a Python-heavy path ~0.3 ms more than ``x*1`` here, even on a 64-element tensor)."""
 
-    The tables use the best of ``reps``: on a machine shared with other jobs the median measures
-    them as much as us, the minimum what the code costs (both are in the JSON)."""
+    def __init__(self, enabled: bool):
+        self.bytes = 2 * last_level_cache_bytes() if enabled else 0
+        self.buf = torch.ones(self.bytes // 4) if enabled else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.sum()
+
+    def describe(self) -> str:
+        return (f"cold: {self.bytes >> 20} MiB read before each timed call" if self.bytes
+                else "as the previous (random) row left them")
+
+
+def last_level_cache_bytes(default: int = 32 << 20) -> int:
+    """The largest CPU cache (sysfs), or ``default`` where the system does not say."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            continue
+    return max(sizes, default=default)
+
+
+def interleaved_times(fns: dict, reps: int, warmup: int = 2,
+                      before=lambda: None) -> dict[str, dict[str, float]]:
+    """Best and median wall milliseconds of each callable: ``reps`` rounds, each calling every
+    callable once in a new random order (fixed seed); ``before`` runs untimed ahead of each call
+    (:class:`ColdCaches`).
+
+    The order is shuffled because a call's time depends on what the call before it left in the
+    caches: in a fixed order straight-through HTAF at 1M elements took 1.3-1.4× the ideal when
+    only the native rows were timed and 1.7-2.1× with the eager-formula and ``torch.compile``
+    rows interleaved (their temporaries evict the caches), and ``copy_``, always timed after the
+    cheap ``x*1``, found its input warm. The tables use the best of ``reps``: on a machine shared
+    with other jobs the median measures them as much as us, the minimum what the code costs
+    (both are in the JSON)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    rng = random.Random(0)
+    names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        for name, fn in fns.items():
+        rng.shuffle(names)
+        for name in names:
+            before()
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             samples[name].append((time.perf_counter() - t0) * 1e3)
     return {name: {"min": min(s), "median": statistics.median(s)} for name, s in samples.items()}
 
@@ -126,7 +173,7 @@ def activation_rows(compile_: bool = False) -> dict:
 
 
 def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
-                      compile_: bool = False) -> dict:
+                      compile_: bool = False, cold: ColdCaches | None = None) -> dict:
     torch.set_num_threads(threads)
     x = torch.randn(size) * 3
     xg = x.clone().requires_grad_(True)
@@ -146,10 +193,11 @@ def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
 
     fns = {"copy_": lambda: dst.copy_(x)}
     fns.update({name: fwd_bwd(fn) for name, fn in rows.items() if not name.startswith("ref")})
-    times = interleaved_times(fns, reps)
+    before = cold or ColdCaches(False)
+    times = interleaved_times(fns, reps, before=before)
     refs = {name: on_reference(fwd_bwd(fn)) for name, fn in rows.items()
             if name.startswith("ref")}
-    times.update(interleaved_times(refs, reference_reps, warmup=1))
+    times.update(interleaved_times(refs, reference_reps, warmup=1, before=before))
     ideal = 2.5 * times["copy_"]["min"]
     out = {"size": size, "threads": threads, "copy_ms": times["copy_"]["min"], "ideal_ms": ideal,
            "copy_median_ms": times["copy_"]["median"],
@@ -189,7 +237,8 @@ def lif_rows(device="cpu") -> dict:
     return rows
 
 
-def bench_lif(shape: tuple[int, ...], threads: int, reps: int) -> dict:
+def bench_lif(shape: tuple[int, ...], threads: int, reps: int,
+              cold: ColdCaches | None = None) -> dict:
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) * 1.5 + 0.5).requires_grad_()
@@ -204,7 +253,7 @@ def bench_lif(shape: tuple[int, ...], threads: int, reps: int) -> dict:
 
     fns = {"copy": lambda: x.detach().clone()}
     fns.update({name: fwd_bwd(step) for name, step in rows.items() if not isinstance(step, str)})
-    times = interleaved_times(fns, reps)
+    times = interleaved_times(fns, reps, before=cold or ColdCaches(False))
     ideal = 2.5 * times["copy"]["min"]
     out = []
     for name, step in rows.items():
@@ -272,7 +321,8 @@ def _titled(report: dict) -> str:
     load = report.get("load_average_start", [])
     head = (f"`{report.get('command', '?')}` — {report.get('device', '?')}, torch "
             f"{report.get('versions', {}).get('torch', '?')}, allocator: "
-            f"{report.get('allocator', 'default')}, load average at start "
+            f"{report.get('allocator', 'default')}, caches: "
+            f"{report.get('caches', 'as the previous row left them, fixed order')}, load average at start "
             f"{', '.join(str(v) for v in load) or '?'}")
     return head + "\n\n" + markdown(report)
 
@@ -309,6 +359,9 @@ def parse_args(argv=None):
                    help="glibc: keep freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^30, "
                         "as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 would), so a new "
                         "output tensor reuses pages instead of faulting in fresh ones")
+    p.add_argument("--cold", action="store_true",
+                   help="read twice the last-level cache before each timed call (every call "
+                        "starts with empty caches) instead of leaving them as the previous row did")
     p.add_argument("--no-lif", action="store_true", help="only the activation tables")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few reps (smoke run)")
     p.add_argument("--json", type=Path, default=None,
@@ -345,6 +398,7 @@ def main(argv=None) -> dict:
     allocator = "default"
     if args.keep_freed_memory:
         allocator = keep_freed_memory()
+    cold = ColdCaches(args.cold)
     threads0 = torch.get_num_threads()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.lif_shapes.split(",")]
     report = {
@@ -352,15 +406,16 @@ def main(argv=None) -> dict:
                                                          else sys.argv[1:])),
         "device": cpu_name(), "cores": torch.get_num_threads(), "versions": versions(),
         "native": cpu.available(), "dtype": "float32", "allocator": allocator,
+        "caches": cold.describe(),
         "load_average_start": list(_loadavg()),
         "activations": [], "lif": [],
     }
-    print(f"CPU: {report['device']} | {report['versions']}")
+    print(f"CPU: {report['device']} | {report['versions']} | caches {report['caches']}")
     try:
         for threads in args.threads:
             for size in args.sizes:
                 r = bench_activations(size, threads, args.reps, args.reference_reps,
-                                      args.compile)
+                                      args.compile, cold)
                 report["activations"].append(r)
                 print(f"\n[activations] {_size_label(size)} fp32, {threads} thread(s): copy_ "
                       f"{r['copy_ms']:.3f} ms → ideal {r['ideal_ms']:.3f} ms")
@@ -371,7 +426,7 @@ def main(argv=None) -> dict:
         for threads in args.threads if not args.no_lif else ():
             for T in args.T:
                 for shape in shapes:
-                    r = bench_lif((T, *shape), threads, args.reps)
+                    r = bench_lif((T, *shape), threads, args.reps, cold)
                     report["lif"].append(r)
                     print(f"\n[LIF] {[T, *shape]} fp32, {threads} thread(s): ideal "
                           f"{r['ideal_ms']:.3f} ms")

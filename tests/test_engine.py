@@ -698,7 +698,10 @@ def test_a_run_that_ends_at_chance_says_so(tmp_path, digits):
 def test_the_default_dhn_cnn_learns_the_default_data(digits, width_mult):
     """`htaf train --model dhn_cnn` with every default (AdamW one-cycle 1e-3, 10 epochs, smooth
     HTAF, anneal_gamma="auto"): it stayed at chance under the old SGD recipe, and at 48.6 % with
-    γ annealed to 30 within digits' 110 steps. Default width is slow-marked (~2.5 CPU minutes)."""
+    γ annealed to 30 within digits' 110 steps. Default width is slow-marked (~2.5 CPU minutes).
+    The bar has a margin: at width 0.25, seeds 0–4 reach 88.2–93.8 % hard validation accuracy
+    (90.3–91.7 % before HTAF's exponentials went to base 2, whose last-ulp changes move single
+    seeds by a few points); seed 0 is tested."""
     result = train(TrainConfig(model="dhn_cnn", model_kwargs={"width_mult": width_mult},
                                out_dir=None, log="none", device="cpu"), dataset=digits)
-    assert result.metrics["hard_val_acc"] >= 0.90, result.metrics
+    assert result.metrics["hard_val_acc"] >= 0.85, result.metrics
