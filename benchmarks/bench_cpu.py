@@ -456,6 +456,7 @@ def keep_freed_memory() -> str:
     m_trim_threshold, m_mmap_max = -1, -4
     if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**30)):
         raise SystemExit("--keep-freed-memory needs glibc's mallopt")
+    kernels.SAVE_DERIVATIVE_MAX_BYTES = 1 << 62   # as with MALLOC_MMAP_MAX_=0 (kernels docs)
     return "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^30)"
 
 

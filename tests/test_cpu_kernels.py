@@ -249,6 +249,37 @@ def test_smooth_htaf_saves_its_derivative_on_the_cpu(dtype, signed):
         close(saved[0], ref.htaf_backward(torch.ones_like(x), x, *s.params, 2.0 if signed else 1.0))
 
 
+def test_glibc_told_never_to_mmap_lifts_the_limit(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    assert kernels._never_mmap()
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert not kernels._never_mmap()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1:glibc.malloc.mmap_max=0")
+    assert kernels._never_mmap()
+
+
+def test_smooth_htaf_recomputes_its_derivative_on_large_tensors(monkeypatch):
+    """From 32 MiB on, an extra saved tensor costs fresh pages on every call (glibc): smooth HTAF
+    then saves x and recomputes HTAF' in the backward, with the same values and gradients."""
+    monkeypatch.setattr(kernels, "SAVE_DERIVATIVE_MAX_BYTES", 32 << 20)   # whatever the env says
+    limit = kernels.SAVE_DERIVATIVE_MAX_BYTES
+    below, at = torch.empty(limit // 4 - 1), torch.empty(limit // 4)
+    assert kernels.saves_derivative(below) and not kernels.saves_derivative(at)
+    assert not kernels.saves_derivative(torch.empty(limit // 8, dtype=torch.float64))
+    x = sample(at.numel(), torch.float32).requires_grad_()
+    g = sample(x.numel(), torch.float32, 1.0, seed=5)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = F.htaf(x)
+    assert len(saved) == 1 and saved[0] is x          # x, not HTAF'(x)
+    (dx,) = torch.autograd.grad(y, x, g)
+    head = x[:4097].detach().clone().requires_grad_()  # a small one saves HTAF': same numbers
+    y_small = F.htaf(head)
+    assert torch.equal(y_small, y[:4097])
+    assert torch.equal(torch.autograd.grad(y_small, head, g[:4097])[0], dx[:4097])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_special_values(dtype):
     x = torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)

@@ -12,6 +12,8 @@ The Triton modules are imported on the first CUDA tensor, so ``import htaf`` sta
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._build import env_flag, native_disabled
@@ -80,12 +82,32 @@ def fused(t: torch.Tensor) -> bool:
     return _fused(t.device.type, t.device, t.dtype)
 
 
+# Below this many bytes smooth HTAF saves its derivative on the CPU; from it on it recomputes.
+# glibc serves every block of 32 MiB or more (its largest mmap threshold) with fresh pages from
+# the kernel, so each extra tensor of that size costs its page faults (≈55 ms for 64 MiB here)
+# on every call, more than evaluating HTAF' a second time (≈16 ms for 16M elements):
+# forward + backward of 16M elements took 190 ms saving HTAF' and 151 ms recomputing it, 8M
+# 92 and 74 ms, 4M (16 MiB, from glibc's heap) 11.8 and 16.7 ms (docs/kernels.md). Where glibc
+# is told never to mmap (MALLOC_MMAP_MAX_=0, or the glibc.malloc.mmap_max=0 tunable) freed
+# blocks are reused without page faults and saving wins at every size (16M: 49 against 58 ms):
+# no limit then. Set it yourself after mallopt() (as benchmarks/bench_cpu.py does).
+def _never_mmap() -> bool:
+    return (os.environ.get("MALLOC_MMAP_MAX_", "").strip() == "0"
+            or "glibc.malloc.mmap_max=0" in os.environ.get("GLIBC_TUNABLES", ""))
+
+
+SAVE_DERIVATIVE_MAX_BYTES = 1 << 62 if _never_mmap() else 32 << 20
+
+
 def saves_derivative(t: torch.Tensor) -> bool:
     """Whether smooth HTAF on ``t`` evaluates its derivative in the forward and saves it
     (:func:`htaf_forward_grad`): the native CPU kernels with float32 or float64, where the math
-    bounds the time. Elsewhere the backward recomputes it from the input (CUDA: memory bounds
-    the time; 16-bit types: the derivative would be rounded to 16 bits before the product)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and fused(t)
+    bounds the time, on tensors under :data:`SAVE_DERIVATIVE_MAX_BYTES`. Elsewhere the backward
+    recomputes it from the input (CUDA: memory bounds the time; 16-bit types: the derivative
+    would be rounded to 16 bits before the product; large tensors: one more fresh allocation
+    costs more than the arithmetic)."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and t.numel() * t.element_size() < SAVE_DERIVATIVE_MAX_BYTES and fused(t))
 
 
 def _direct(*tensors: torch.Tensor) -> bool:
