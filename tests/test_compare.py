@@ -2,6 +2,7 @@
 confidence interval, parallel runs that equal serial ones, resumption, and a tiny end-to-end run."""
 
 import json
+from pathlib import Path
 import math
 import time
 
@@ -130,6 +131,25 @@ def test_selection_on_validation_and_the_verdict_from_the_interval():
     assert "| sigmoid α=8 | 6 | ✓ | 93.00 ± 0.00 | 89.00 ± 1.00 |" in full
     again = CompareResult.from_json(json.loads(json.dumps(res.to_json(), default=str)))
     assert again.table() == res.table()
+
+
+def test_a_result_records_the_code_that_produced_it():
+    """results.json names htaf's version and git commit (a rerun on other kernels can differ),
+    a result reloaded from an older JSON keeps what that JSON said, and the description shows it."""
+    from htaf.results import code_version
+    version = code_version()
+    assert version.startswith("0.") or version == "unknown"
+    if (Path(__file__).resolve().parents[1] / ".git").exists():
+        assert "+g" in version
+    h = Variant("htaf")
+    config = CompareConfig(seeds=(0,), out_dir=None).to_dict()
+    res = CompareResult(config, [_run(h, 0, 0.9, 0.9)], code="0.1.0+gabc1234", wall=3.0)
+    data = json.loads(json.dumps(res.to_json(), default=str))
+    assert data["htaf"] == "0.1.0+gabc1234"
+    assert CompareResult.from_json(data).code == "0.1.0+gabc1234"
+    del data["htaf"]
+    assert CompareResult.from_json(data).code == ""
+    assert "; htaf 0.1.0+gabc1234; total wall time 3 s." in res.setup()
 
 
 # ----------------------------------------------------------------------------------- running

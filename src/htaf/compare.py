@@ -407,7 +407,7 @@ def compare(config: CompareConfig | None = None,
     the comparison folder (unless ``out_dir`` is None); return a
     :class:`~htaf.results.CompareResult`."""
     from .data import load_dataset
-    from .results import CompareResult
+    from .results import CompareResult, code_version
 
     config = config or CompareConfig()
     say = progress or (lambda _msg: None)
@@ -433,7 +433,8 @@ def compare(config: CompareConfig | None = None,
         rec["variant"] = v
     result = CompareResult(config.to_dict(), records,
                            dataset=f"{dataset.name} ({dataset.sizes()})",
-                           device=_device_name(r.device), wall=time.perf_counter() - t_start)
+                           device=_device_name(r.device), wall=time.perf_counter() - t_start,
+                           code=code_version())
     if folder is not None:
         result.write(folder)
     return result

@@ -83,6 +83,7 @@ class CompareResult:
     device: str = ""
     wall: float | None = None
     out_dir: Path | None = None
+    code: str = ""                       # htaf's version and git commit (code_version())
     rows: list[dict] = field(init=False)
     selected: dict = field(init=False)
     comparisons: list[dict] = field(init=False)
@@ -131,7 +132,8 @@ class CompareResult:
         for r in runs:
             r["seed"] = int(r["seed"])
         return cls(data["config"], runs, dataset=data.get("dataset", ""),
-                   device=data.get("device", ""), wall=data.get("wall_s"))
+                   device=data.get("device", ""), wall=data.get("wall_s"),
+                   code=data.get("htaf", ""))
 
     @property
     def recipe(self) -> dict:
@@ -244,7 +246,8 @@ class CompareResult:
             return {"variant": r["variant"].to_json(), **out}
 
         return {"config": self.config, "dataset": self.dataset, "device": self.device,
-                "torch": torch.__version__, "wall_s": self.wall, "legend": LEGEND,
+                "torch": torch.__version__, "htaf": self.code, "wall_s": self.wall,
+                "legend": LEGEND,
                 "rows": [row(r) for r in self.rows], "comparisons": self.comparisons,
                 "runs": [{**{k: v for k, v in r.items() if k not in ("variant", "variant_json")},
                           "variant": r["variant"].to_json()} for r in self.runs]}
@@ -307,12 +310,37 @@ class CompareResult:
                 self.config.get("activations")) + sorted({f"`{m['model']}`" for m in models})
             return (f"Models {', '.join(names)} on "
                     f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
-                    f"device {self.device}"
-                    + (f"; total wall time {self.wall:.0f} s." if self.wall is not None else "."))
+                    f"device {self.device}" + self._code_and_wall())
         return (f"Model `{r['model']}` {json.dumps(r['model_kwargs'])} on "
                 f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
-                f"device {self.device}"
+                f"device {self.device}" + self._code_and_wall())
+
+
+    def _code_and_wall(self) -> str:
+        return ((f"; htaf {self.code}" if self.code else "")
                 + (f"; total wall time {self.wall:.0f} s." if self.wall is not None else "."))
+
+
+def code_version() -> str:
+    """htaf's version, with the git commit it runs from where that is a git checkout
+    (``0.1.0+gde4533e``; ``.dirty`` when the checkout has uncommitted changes)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("htaf")
+    except PackageNotFoundError:
+        text = "unknown"
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
+                                  "--abbrev=7"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return text
+        if out.returncode == 0 and out.stdout.strip():
+            text += "+g" + out.stdout.strip().replace("-dirty", ".dirty")
+    return text
 
 
 _TAILS_NOTE = (
