@@ -323,7 +323,8 @@ class CompareResult:
 
 def code_version() -> str:
     """htaf's version, with the git commit it runs from where that is a git checkout
-    (``0.1.0+gde4533e``; ``.dirty`` when the checkout has uncommitted changes)."""
+    (``0.1.0+gde4533e``; ``.dirty`` when the package's own source differs from that commit;
+    results, docs and other files do not count)."""
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
@@ -331,15 +332,21 @@ def code_version() -> str:
         text = version("htaf")
     except PackageNotFoundError:
         text = "unknown"
-    root = Path(__file__).resolve().parents[2]
-    if (root / ".git").exists():
-        try:
-            out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
-                                  "--abbrev=7"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return text
-        if out.returncode == 0 and out.stdout.strip():
-            text += "+g" + out.stdout.strip().replace("-dirty", ".dirty")
+    package = Path(__file__).resolve().parent
+    if not (package.parents[1] / ".git").exists():
+        return text
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True,
+                              text=True, timeout=10)
+
+    try:
+        head, status = git("rev-parse", "--short=7", "HEAD"), git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return text
+    if head.returncode == 0 and head.stdout.strip():
+        text += "+g" + head.stdout.strip() + (".dirty" if status.stdout.strip() else "")
     return text
 
 
