@@ -451,6 +451,29 @@ def test_htaf_no_native_environment_variable(monkeypatch):
     assert torch.equal(F.binarize(x, "htaf", mode="hard"), ref.step_forward(x, False))
 
 
+def test_the_kernel_functions_work_as_the_first_call_and_say_when_nothing_serves():
+    """htaf.kernels.step & co. register the kernels themselves on first use (they used to
+    need an earlier htaf.kernels.fused() call, else the dispatcher said the op had no CPU
+    kernel); where no kernel serves a tensor they say so by name."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, htaf.kernels as k\n"
+            "x = torch.tensor([-1.0, 0.0, 2.0])\n"
+            "print(k.step(x, False).tolist(), k.surrogate_backward(torch.ones(3), x, 0, "
+            "[torch.tensor(0.5), torch.tensor(4.0), torch.tensor(1.0)], 1.0)[1].item())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["[0.0,", "1.0,", "1.0]", "1.125"]
+    env = {**os.environ, "HTAF_NO_NATIVE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode != 0
+    assert "no fused kernel serves cpu torch.float32 tensors" in run.stderr
+
+
 # ----------------------------------------------------------------------------- threads
 def test_results_do_not_depend_on_the_thread_count():
     x = sample(2**19 + 2**17 + 5, torch.float32)

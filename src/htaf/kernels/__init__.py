@@ -115,7 +115,7 @@ def _direct(*tensors: torch.Tensor) -> bool:
     op's Python-kernel dispatch costs 13–45 µs a call (more than the kernel on a [64, 128]
     activation). Anything else — ``torch.compile`` tracing, fake/meta or wrapped tensors, an
     active dispatch mode, other devices — goes through ``torch.ops.htaf``."""
-    return (_state.get("native", False) and _DIRECT_CHECKS and not torch.compiler.is_compiling()
+    return (_native_ready() and _DIRECT_CHECKS and not torch.compiler.is_compiling()
             and _dispatch_modes() == 0
             and all(type(t) is torch.Tensor and t.device.type == "cpu" and not _wrapped(t)
                     for t in tensors))
@@ -127,10 +127,22 @@ _wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_
 _DIRECT_CHECKS = _dispatch_modes is not None and _wrapped is not None
 
 
+def _served(t: torch.Tensor, cpu_only: bool = False) -> None:
+    """Before a ``torch.ops.htaf`` call: registers the kernels of ``t``'s device on first use
+    (:func:`fused`), or says plainly that none serves it (the dispatcher would only say that the
+    op has no kernel for the backend)."""
+    if not fused(t) or (cpu_only and t.device.type != "cpu"):
+        raise RuntimeError(
+            f"htaf.kernels: no fused kernel serves {t.device.type} {t.dtype} tensors here"
+            + (" (this one is CPU-only)" if cpu_only else "") + "; htaf.kernels.fused(x) says "
+            "which tensors are served (htaf's own callers fall back to PyTorch)")
+
+
 def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
     """1[x ≥ 0] or sign(x) (sign(0) = +1), NaN → NaN, in one fused pass."""
     if _direct(x):
         return cpu.step(x, signed)
+    _served(x)
     return torch.ops.htaf.step(x, signed)
 
 
@@ -138,6 +150,7 @@ def htaf_forward(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """σ(α·x + β·tanh(γ·x)) in one fused pass; ``params`` = [α, β, γ] as 0-d tensors."""
     if _direct(x):
         return cpu.htaf_forward(x, *map(float, params))
+    _served(x)
     return torch.ops.htaf.htaf_forward(x, params)
 
 
@@ -146,6 +159,7 @@ def htaf_forward_grad(x: torch.Tensor, params: list[torch.Tensor],
     """(HTAF(x), scale · HTAF'(x)) from one evaluation; CPU only (see :func:`saves_derivative`)."""
     if _direct(x):
         return cpu.htaf_forward_grad(x, *map(float, params), scale)
+    _served(x, cpu_only=True)
     return torch.ops.htaf.htaf_forward_grad(x, params, scale)
 
 
@@ -154,4 +168,5 @@ def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int,
     """``grad · scale · g'(x)`` for the surrogate whose ``kernel_id`` is ``kind``."""
     if _direct(grad, x):
         return cpu.surrogate_backward(grad, x, kind, tuple(map(float, params)), scale)
+    _served(x)
     return torch.ops.htaf.surrogate_backward(grad, x, kind, params, scale)
