@@ -113,7 +113,7 @@ PARTS: dict[str, Part] = {
                      "model_kwargs": {"depth": 6, "width": 256, "activation": "htaf"}},
                     {"label": "CNN 16-16-32-32", "model": "dhn_cnn", "role": "htaf",
                      "model_kwargs": {"depth": 4, "width_mult": 0.125, "activation": "htaf"}}],
-         "grid": {"anneal_gamma": [None, [1.0, 30.0]]}},
+         "grid": {"anneal_gamma": [None, [1.0, 30.0], [0.5, 15.0]]}},
         smoke={"width_mult": 1 / 16}, smoke_models={}, group="defaults",
         baseline_note="each model's γ schedule chosen on validation"),
     # ---- Fashion-MNIST on the CPU: the evidence suite
