@@ -529,15 +529,15 @@ def test_cuda_run_with_amp_channels_last_and_augment(tmp_path, digits):
 
 
 def test_auto_annealing_follows_the_evidence():
-    """"auto": γ 1 → 30 for convolutional models over runs of ≥ 1,000 steps, fixed γ for MLPs and
-    short runs (the anneal-defaults and train-defaults parts, on validation)."""
+    """"auto": γ 0.5 → 15 for convolutional models over runs of ≥ 1,000 steps, fixed γ for MLPs
+    and short runs (the anneal-defaults and train-defaults parts, on validation)."""
     from htaf.models import create_model
 
     mlp = create_model("dhn_mlp", in_features=64, num_classes=10, depth=2, width=16)
     cnn = create_model("dhn_cnn", in_channels=1, image_size=8, num_classes=10, width_mult=1 / 16)
     assert resolve_anneal_gamma("auto", mlp) is None
-    assert resolve_anneal_gamma("auto", cnn) == (1.0, 30.0)
-    assert resolve_anneal_gamma("auto", cnn, steps=1266) == (1.0, 30.0)   # Fashion-MNIST, 3 ep.
+    assert resolve_anneal_gamma("auto", cnn) == (0.5, 15.0)
+    assert resolve_anneal_gamma("auto", cnn, steps=1266) == (0.5, 15.0)   # Fashion-MNIST, 3 ep.
     assert resolve_anneal_gamma("auto", cnn, steps=110) is None            # digits, 10 epochs
     assert resolve_anneal_gamma((2.0, 5.0), mlp) == (2.0, 5.0)
     assert TrainConfig().anneal_gamma == "auto"

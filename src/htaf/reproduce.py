@@ -106,8 +106,8 @@ PARTS: dict[str, Part] = {
         smoke={}, group="defaults",
         baseline_note="each model at its own best optimizer and lr on validation"),
     "anneal-defaults": Part(
-        "anneal_gamma=\"auto\" (γ 1 → 30 for convolutional models over ≥ 1,000 steps, fixed "
-        "for MLPs): smooth HTAF on Fashion-MNIST, fixed γ or annealed",
+        "anneal_gamma=\"auto\" (γ 0.5 → 15 for convolutional models over ≥ 1,000 steps, fixed "
+        "for MLPs): smooth HTAF on Fashion-MNIST, fixed γ or annealed 1 → 30 or 0.5 → 15",
         {"recipe": {**_FM_RECIPE, "anneal_gamma": "auto"}, "activations": [], "seeds": [0, 1],
          "models": [{"label": "MLP depth 6", "model": "dhn_mlp", "role": "htaf",
                      "model_kwargs": {"depth": 6, "width": 256, "activation": "htaf"}},
@@ -129,12 +129,14 @@ PARTS: dict[str, Part] = {
                       "at its best scale on validation (chosen at depth 16, one seed)"),
     "fmnist-dhn-cnn": Part(
         "Small Deep Heaviside CNN on Fashion-MNIST (4 conv layers 16-16-32-32, BatchNorm)",
-        {"recipe": {**_FM_RECIPE, "model": "dhn_cnn", "anneal_gamma": "auto",
+        {"recipe": {**_FM_RECIPE, "model": "dhn_cnn", "anneal_gamma": [1.0, 30.0],
                     "model_kwargs": {"depth": 4, "width_mult": 0.125}},
          "activations": ["htaf", "htaf_st", "ste", "sigmoid", "relu"], "seeds": _SEEDS},
         select=_FM_SELECT, smoke={"width_mult": 1 / 16}, group="fmnist",
         baseline_note="clipped STE and sigmoid-4 (the strongest CNN baselines of the probes), "
-                      "each at its best scale on validation; smooth HTAF's γ annealed 1 → 30"),
+                      "each at its best scale on validation; smooth HTAF's γ annealed 1 → 30 "
+                      "(what anneal_gamma='auto' was when this part ran) or ×½ / ×2 of it, "
+                      "chosen on validation"),
     "fmnist-snn": Part(
         "Convolutional spiking net on Fashion-MNIST (SpikingJelly's CSNN, width 8: conv 8-16, "
         "FC 128; LIF τ=2, hard reset, T=4, direct input; 2 epochs)",
@@ -169,8 +171,9 @@ PARTS: dict[str, Part] = {
                      "model_kwargs": {"width": 16}, "role": "ceiling"}]},
         smoke={}, group="fmnist",
         baseline_note="the same backbone with a linear head on continuous features; the concept "
-                      "layer's γ annealed 1 → 30 (anneal_gamma='auto' for a convolutional model "
-                      "over ≥ 1,000 steps, chosen on validation by the anneal-defaults part)"),
+                      "layer's γ annealed 1 → 30 (what anneal_gamma='auto' was for a "
+                      "convolutional model over ≥ 1,000 steps when this part ran; it is 0.5 → 15 "
+                      "since the anneal-defaults part compared the two)"),
     "dhn": Part(
         "Deep Heaviside CNN (6 conv layers, every hidden activation 1[x ≥ 0])",
         {"recipe": {"model": "dhn_cnn", "data": CIFAR, "epochs": 15, **_SGD,

@@ -90,7 +90,7 @@ class TrainConfig:
     # ------------------------------------------------------------------------ annealing
     anneal_gamma: tuple[float, float] | str | None = "auto"
     """γ of smooth HTAF layers from START to END over the run, updated once per epoch; auto:
-    1 → 30 for models with convolutions over runs of ≥ 1,000 steps, fixed γ otherwise
+    0.5 → 15 for models with convolutions over runs of ≥ 1,000 steps, fixed γ otherwise
     (docs/training.md, 'Defaults'); none: fixed γ."""
     anneal_beta: tuple[float, float] | None = None
     """β of smooth HTAF layers from START to END; unset: fixed β."""
