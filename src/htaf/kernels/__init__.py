@@ -115,10 +115,10 @@ def _direct(*tensors: torch.Tensor) -> bool:
     op's Python-kernel dispatch costs 13–45 µs a call (more than the kernel on a [64, 128]
     activation). Anything else — ``torch.compile`` tracing, fake/meta or wrapped tensors, an
     active dispatch mode, other devices — goes through ``torch.ops.htaf``."""
-    return (_native_ready() and _DIRECT_CHECKS and not torch.compiler.is_compiling()
-            and _dispatch_modes() == 0
+    return (_DIRECT_CHECKS and not torch.compiler.is_compiling() and _dispatch_modes() == 0
             and all(type(t) is torch.Tensor and t.device.type == "cpu" and not _wrapped(t)
-                    for t in tensors))
+                    for t in tensors)
+            and _native_ready())   # last: a CUDA tensor does not build the CPU library
 
 
 # Private PyTorch checks (present in 2.4–2.14); without them every call takes the ops.
