@@ -2,9 +2,9 @@
 confidence interval, parallel runs that equal serial ones, resumption, and a tiny end-to-end run."""
 
 import json
-from pathlib import Path
 import math
 import time
+from pathlib import Path
 
 import pytest
 

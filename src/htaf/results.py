@@ -315,7 +315,6 @@ class CompareResult:
                 f"{self.dataset or r['data']}; seeds {list(self.config['seeds'])}; {recipe}; "
                 f"device {self.device}" + self._code_and_wall())
 
-
     def _code_and_wall(self) -> str:
         return ((f"; htaf {self.code}" if self.code else "")
                 + (f"; total wall time {self.wall:.0f} s." if self.wall is not None else "."))

@@ -28,7 +28,6 @@ _state: dict[str, bool] = {}
 _capable: dict[int, bool] = {}
 
 
-
 def _triton_ready() -> bool:
     if "triton" not in _state:
         ok = False

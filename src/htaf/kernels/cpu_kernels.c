@@ -292,9 +292,9 @@ static struct htaf_k htaf_constants(double a, double b, double g, double scale) 
     return k;
 }
 
-/* HTAF's parts, for j < n: t = e^(−2|γx|), r = 1/(1 + t), z2 = z·log2 e with
- * z = α·x + β·tanh(γx), k = s·(α + β·γ·sech²(γx)) (sech² = 4·t·r²) and e = e^(−|z|); then
- * σ(z) = 1/(1 + e) for z >= 0 (e/(1 + e) below) and σ(z)σ(−z) = e/(1 + e)². */
+/* HTAF's parts, for j < n: t = e^(−2|γx|), z2 = z·log2 e with z = α·x + β·tanh(γx),
+ * k = s·(α + β·γ·sech²(γx)) and e = e^(−|z|) (tanh and sech² from t and r = 1/(1 + t), above);
+ * then σ(z) = 1/(1 + e) for z >= 0 (e/(1 + e) below) and σ(z)σ(−z) = e/(1 + e)². */
 struct htaf_parts { real t[BLK], z[BLK], k[BLK], e[BLK]; };
 
 static void htaf_stages(const real *restrict x, const struct htaf_k *c, int64_t n,
