@@ -163,6 +163,25 @@ def test_surrogate_instance_is_a_spike_function():
     assert v.grad[1].item() == pytest.approx(1.0)
 
 
+def test_get_surrogate_shares_one_frozen_instance_per_numeric_setting():
+    """The per-call path reuses instances (they are frozen): the same name and numbers give the
+    same object, 2 and 2.0 too; other numbers and other classes do not; values that are not
+    plain int/float (a Fraction here) are validated anew every time."""
+    a = get_surrogate("atan", alpha=2.0)
+    assert get_surrogate("ATan", alpha=2) is a and a.alpha == 2.0
+    assert get_surrogate("atan", alpha=3.0) is not a and get_surrogate("atan", alpha=3.0).alpha == 3.0
+    assert get_surrogate("sigmoid", alpha=2.0) is not a
+    from fractions import Fraction
+
+    half = Fraction(1, 2)                           # a number, but not a plain int/float
+    assert get_surrogate("atan", alpha=half) is not get_surrogate("atan", alpha=half)
+    assert get_surrogate("atan", alpha=half).alpha == 0.5
+    with pytest.raises(ValueError, match="alpha"):
+        get_surrogate("atan", alpha=-1.0)          # validation still runs on a miss
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_surrogate("atan", beta=1.0)
+
+
 def test_override_of_a_builtin_name_uses_its_own_derivative():
     """A class registered over a built-in name (``override=True``) must not run the built-in's
     fused backward op: that silently gave the old surrogate's gradient."""

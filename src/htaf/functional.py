@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_choice
-from .surrogates import MODES, HTAFSurrogate, Surrogate, get_surrogate
+from .surrogates import MODES, Surrogate, get_surrogate
 
 __all__ = ["MODES", "binarize", "heaviside", "htaf", "htaf_derivative", "sign"]
 
@@ -45,8 +45,8 @@ def binarize(x: torch.Tensor, surrogate: str | Surrogate = "htaf", *, mode: str 
 def _htaf_params(alpha, beta, gamma):
     """``(surrogate, params)``: numbers are validated; tensors (e.g. buffers) are used as they are."""
     if any(isinstance(p, torch.Tensor) for p in (alpha, beta, gamma)):
-        return HTAFSurrogate(), (alpha, beta, gamma)
-    s = HTAFSurrogate(alpha=alpha, beta=beta, gamma=gamma)
+        return get_surrogate("htaf"), (alpha, beta, gamma)
+    s = get_surrogate("htaf", alpha=alpha, beta=beta, gamma=gamma)   # cached per value
     return s, s.params
 
 

@@ -145,27 +145,49 @@ def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
     return torch.ops.htaf.step(x, signed)
 
 
-def htaf_forward(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """σ(α·x + β·tanh(γ·x)) in one fused pass; ``params`` = [α, β, γ] as 0-d tensors."""
+def htaf_forward(x: torch.Tensor, params) -> torch.Tensor:
+    """σ(α·x + β·tanh(γ·x)) in one fused pass; ``params`` = [α, β, γ], numbers or 0-d tensors."""
     if _direct(x):
         return cpu.htaf_forward(x, *map(float, params))
     _served(x)
-    return torch.ops.htaf.htaf_forward(x, params)
+    return torch.ops.htaf.htaf_forward(x, as_tensors(params, x))
 
 
-def htaf_forward_grad(x: torch.Tensor, params: list[torch.Tensor],
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def htaf_forward_grad(x: torch.Tensor, params, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(HTAF(x), scale · HTAF'(x)) from one evaluation; CPU only (see :func:`saves_derivative`)."""
     if _direct(x):
         return cpu.htaf_forward_grad(x, *map(float, params), scale)
     _served(x, cpu_only=True)
-    return torch.ops.htaf.htaf_forward_grad(x, params, scale)
+    return torch.ops.htaf.htaf_forward_grad(x, as_tensors(params, x), scale)
 
 
-def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int,
-                       params: list[torch.Tensor], scale: float) -> torch.Tensor:
-    """``grad · scale · g'(x)`` for the surrogate whose ``kernel_id`` is ``kind``."""
+def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int, params,
+                       scale: float) -> torch.Tensor:
+    """``grad · scale · g'(x)`` for the surrogate whose ``kernel_id`` is ``kind``; ``params``
+    numbers or 0-d tensors."""
     if _direct(grad, x):
         return cpu.surrogate_backward(grad, x, kind, tuple(map(float, params)), scale)
     _served(x)
-    return torch.ops.htaf.surrogate_backward(grad, x, kind, params, scale)
+    return torch.ops.htaf.surrogate_backward(grad, x, kind, as_tensors(params, x), scale)
+
+
+def as_tensors(params, like: torch.Tensor) -> list[torch.Tensor]:
+    """Hyperparameters as 0-d tensors on ``like``'s device (what the ``torch.ops.htaf`` ops
+    take); numbers become cached float64 scalars, so a float64 computation sees them unrounded.
+    The direct CPU calls take the numbers themselves (no tensor round trip: ``float()`` of a
+    0-d tensor is ≈1 µs)."""
+    return [p if isinstance(p, torch.Tensor) else _scalar(float(p), like.device) for p in params]
+
+
+_SCALARS: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A cached 0-d tensor (a Python-number hyperparameter, for a fused op)."""
+    key = (value, device)
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) > 4096:
+            _SCALARS.clear()
+        t = _SCALARS[key] = torch.tensor(value, dtype=torch.float64, device=device)
+    return t
