@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import random
 import statistics
@@ -49,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cpu_name, snntorch_rows  # noqa: E402 - benchmarks/ is on sys.path above
 
-import htaf
 from htaf import functional as F
 from htaf import kernels
 from htaf.kernels import cpu
@@ -269,8 +269,12 @@ def bench_lif(shape: tuple[int, ...], threads: int, reps: int,
 
 # ----------------------------------------------------------------------------- report
 def versions() -> dict:
+    from htaf import _build
+    from htaf.results import code_version
+
+    cc = _build._compiler()
     out = {"python": platform.python_version(), "torch": torch.__version__,
-           "htaf": htaf.__version__}
+           "htaf": code_version(), "cc": _build._version(cc) if cc else None}
     for pkg in ("spikingjelly", "snntorch"):
         try:
             out[pkg] = version(pkg)
@@ -359,6 +363,10 @@ def parse_args(argv=None):
                    help="glibc: keep freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^30, "
                         "as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 would), so a new "
                         "output tensor reuses pages instead of faulting in fresh ones")
+    p.add_argument("--thp", action="store_true",
+                   help="PyTorch's allocator with transparent huge pages for buffers of 2 MB or "
+                        "more (THP_MEM_ALLOC_ENABLE=1, what the htaf command sets; the script "
+                        "restarts itself with it, as PyTorch reads it at its first allocation)")
     p.add_argument("--cold", action="store_true",
                    help="read twice the last-level cache before each timed call (every call "
                         "starts with empty caches) instead of leaving them as the previous row did")
@@ -395,9 +403,15 @@ def main(argv=None) -> dict:
     if not cpu.available():
         print(f"note: native CPU kernels unavailable ({cpu.backend_error()}): the 'native' rows "
               "run the reference", file=sys.stderr)
-    allocator = "default"
+    if args.thp and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"})
+    allocators = []
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+        allocators.append("PyTorch with transparent huge pages (THP_MEM_ALLOC_ENABLE=1)")
     if args.keep_freed_memory:
-        allocator = keep_freed_memory()
+        allocators.append(keep_freed_memory())
+    allocator = "; ".join(allocators) or "default"
     cold = ColdCaches(args.cold)
     threads0 = torch.get_num_threads()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.lif_shapes.split(",")]
@@ -462,8 +476,6 @@ def keep_freed_memory() -> str:
 
 def _loadavg() -> tuple[float, ...]:
     try:
-        import os
-
         return tuple(round(v, 2) for v in os.getloadavg())
     except (OSError, AttributeError):
         return ()

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 import torch
+
+from htaf._build import cpu_summary
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """This CPU: model name, family/model numbers and SIMD level (``htaf._build.cpu_summary``),
+    e.g. ``AMD EPYC (family 25, model 17, AVX-512)``; a VM's bare "AMD EPYC" can be a Zen 2, 3
+    or 4, whose timings differ."""
+    return cpu_summary()
 
 
 def snntorch_rows(device="cpu") -> dict:

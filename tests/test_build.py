@@ -62,3 +62,20 @@ def test_a_damaged_cache_file_is_rebuilt(fresh):
     _build._loaded.clear()
     lib = _build.load_library("t_dmg", SOURCE)
     assert isinstance(lib, ctypes.CDLL) and lib.htaf_test_add(1, 1) == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+     "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 avx512f avx512vl\n"
+     "processor\t: 1\ncpu family\t: 99\n",
+     "AMD EPYC (family 25, model 17, AVX-512)"),
+    ("cpu family\t: 6\nmodel\t\t: 158\nmodel name\t: Intel(R) Core(TM) i7-8700\n"
+     "flags\t\t: sse4_2 avx avx2 fma\n", "Intel(R) Core(TM) i7-8700 (family 6, model 158, AVX2)"),
+    ("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n", "cpu (part 0xd40, SVE)"),
+    ("", "cpu"),
+])
+def test_the_cpu_summary_names_model_numbers_and_simd_level(text, expected):
+    """Result files say which CPU made them: a VM's bare "AMD EPYC" is a Zen 2, 3 or 4, and the
+    kernels (-march=native) and PyTorch's own paths differ by SIMD level."""
+    assert _build.summarize_cpuinfo(text, "cpu") == expected
+    assert _build.cpu_summary()   # this machine: never empty

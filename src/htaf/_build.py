@@ -70,6 +70,39 @@ def _machine_id() -> str:
 
 
 @functools.cache
+def cpu_summary() -> str:
+    """This CPU in a few words for result files: model name, family/model numbers (a VM often
+    hides the name: "AMD EPYC" is a Zen 2, 3 or 4) and the widest SIMD the kernels may use,
+    e.g. ``AMD EPYC (family 25, model 17, AVX-512)``. Results and timings depend on it: the
+    kernels are built with ``-march=native`` and PyTorch picks its own paths per SIMD level."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    return summarize_cpuinfo(text, platform.processor() or platform.machine())
+
+
+def summarize_cpuinfo(text: str, fallback: str = "") -> str:
+    """:func:`cpu_summary` of a ``/proc/cpuinfo`` text (the first core's lines)."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    simd = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                         ("sse4_2", "SSE4.2"), ("sve", "SVE"),
+                                         ("asimd", "NEON")) if flag in flags), "")
+    name = info.get("model name") or fallback or "unknown CPU"
+    parts = [f"{label} {info[key]}" for label, key in (("family", "cpu family"),
+                                                        ("model", "model"),
+                                                        ("part", "CPU part")) if info.get(key)]
+    parts += [simd] if simd else []
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+@functools.cache
 def _version(cc: str) -> str:
     try:
         return subprocess.run([cc, "--version"], capture_output=True, text=True,

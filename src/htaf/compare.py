@@ -618,11 +618,11 @@ def _pct(x, digits=1):
 
 
 def _device_name(device: str) -> str:
-    import platform
-
     import torch
 
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    from ._build import cpu_summary
+
+    return f"CPU: {cpu_summary()}, {os.cpu_count()} cores"
 
