@@ -365,8 +365,8 @@ def parse_args(argv=None):
                         "output tensor reuses pages instead of faulting in fresh ones")
     p.add_argument("--thp", action="store_true",
                    help="PyTorch's allocator with transparent huge pages for buffers of 2 MB or "
-                        "more (THP_MEM_ALLOC_ENABLE=1, what the htaf command sets; the script "
-                        "restarts itself with it, as PyTorch reads it at its first allocation)")
+                        "more (THP_MEM_ALLOC_ENABLE=1; the script restarts itself with it, as "
+                        "PyTorch reads it at its first allocation)")
     p.add_argument("--cold", action="store_true",
                    help="read twice the last-level cache before each timed call (every call "
                         "starts with empty caches) instead of leaving them as the previous row did")

@@ -69,36 +69,3 @@ def test_the_legend_covers_no_curve():
         assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
     assert box.x1 <= fig.bbox.x1 + 1                      # and inside the image
 
-
-def test_the_cli_asks_for_huge_pages_unless_told_otherwise(monkeypatch, tmp_path, capsys):
-    """``htaf`` sets THP_MEM_ALLOC_ENABLE=1 for its own processes (before torch allocates) and
-    leaves a value the user set alone."""
-    import os
-
-    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
-    assert main(["plot", "--out", str(tmp_path), "--surrogates", "htaf"]) == 0
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
-    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
-    assert main(["plot", "--out", str(tmp_path), "--surrogates", "htaf"]) == 0
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
-
-
-def test_with_huge_pages_a_large_cpu_tensor_is_backed_by_them():
-    """What the setting buys, checked in a fresh process: a 64 MB tensor allocated after
-    prefer_huge_pages() sits (partly) in transparent huge pages. Skips where the kernel's THP
-    mode is ``never`` or unknown (the setting is then a no-op)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not mode.exists() or "[never]" in mode.read_text():
-        pytest.skip("transparent huge pages are off or unknown on this machine")
-    code = ("import os; os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
-            "from htaf.cli import prefer_huge_pages; prefer_huge_pages()\n"
-            "import torch; t = torch.ones(1 << 24)\n"
-            "rows = open('/proc/self/smaps_rollup').read().splitlines()\n"
-            "print([int(r.split()[1]) for r in rows if r.startswith('AnonHugePages')][0])")
-    kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=120).stdout.strip())
-    assert kb >= 2048, f"no huge page backs the 64 MB tensor ({kb} kB)"

@@ -445,22 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prefer_huge_pages() -> None:
-    """Ask PyTorch's CPU allocator for transparent huge pages on buffers of 2 MB or more
-    (``THP_MEM_ALLOC_ENABLE=1``, PyTorch ≥ 2.2), unless the variable is already set (``=0``
-    turns it off). PyTorch reads it at its first allocation, so this runs before any ``_run_*``
-    imports torch; worker processes (``--jobs``) inherit it. Large CPU tensors are then
-    faulted in 2 MB at a time instead of 4 KB: a spiking CNN's training step on CIFAR-sized
-    batches took 23–32 % less time, an elementwise forward + backward on 16M floats 2.4–3×
-    less; compute-bound models are unchanged and the numbers computed are identical
-    (docs/kernels.md, "Large tensors"). No effect where the kernel's THP setting is ``never``."""
-    import os
-
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-
 def main(argv: list[str] | None = None) -> int:
-    prefer_huge_pages()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
