@@ -208,6 +208,35 @@ def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
     return out
 
 
+def combine_runs(runs: list[dict]) -> dict:
+    """One table from whole repeated runs of :func:`bench_activations` (same size and threads):
+    each row's ratio to the ideal is computed within its run (the copy and the row timed in the
+    same rounds), and the table keeps the median ratio over runs with every run's ratio beside it
+    (``x_ideal_runs``); ``ms`` and ``ideal_ms`` are medians too. On a shared machine one run's
+    ratio moves by ±15 % (the copy's time moves as much as the row's), so a goal is read off the
+    spread of several runs, not off one."""
+    if len(runs) == 1:
+        return runs[0]
+    med = statistics.median
+    out = {key: runs[0][key] for key in ("size", "threads")}
+    out.update({"runs": len(runs), "copy_ms": med(r["copy_ms"] for r in runs),
+                "ideal_ms": med(r["ideal_ms"] for r in runs),
+                "copy_median_ms": med(r["copy_median_ms"] for r in runs)})
+    rows = []
+    for i, first in enumerate(runs[0]["rows"]):
+        each = [r["rows"][i] for r in runs]
+        assert all(row["name"] == first["name"] for row in each)
+        ratios = [row["x_ideal"] for row in each]
+        rows.append({"name": first["name"], "ms": med(row["ms"] for row in each),
+                     "x_ideal": med(ratios), "x_ideal_runs": ratios,
+                     "median_ms": med(row["median_ms"] for row in each)})
+    out["rows"] = rows
+    compile_s = [r["compile_s"] for r in runs if "compile_s" in r]
+    if compile_s:
+        out["compile_s"] = compile_s[0]
+    return out
+
+
 # ----------------------------------------------------------------------------- LIF
 def lif_rows(device="cpu") -> dict:
     rows: dict[str, object] = {}
@@ -287,15 +316,26 @@ def _size_label(n: int) -> str:
     return f"{n // 2**20}M" if n % 2**20 == 0 else str(n)
 
 
+def _ratio_cell(row: dict) -> str:
+    """× ideal; with several runs, the median and the runs' range."""
+    runs = row.get("x_ideal_runs")
+    if not runs or len(runs) == 1:
+        return f"{row['x_ideal']:.2f}×"
+    return f"{row['x_ideal']:.2f}× ({min(runs):.2f}–{max(runs):.2f})"
+
+
 def markdown(report: dict) -> str:
-    """The docs tables: activations (× ideal per size and thread count), then LIF."""
+    """The docs tables: activations (× ideal per size and thread count; with ``--runs N`` the
+    median over runs and their range), then LIF."""
     act = report["activations"]
+    runs = max((r.get("runs", 1) for r in act), default=1)
     keys = [(r["size"], r["threads"]) for r in act]
     by = {(r["size"], r["threads"]): {row["name"]: row for row in r["rows"]} for r in act}
-    head = ["fwd+bwd, fp32"] + [f"{_size_label(s)}, {t} thr" for s, t in keys]
+    head = [f"fwd+bwd, fp32{f' (median of {runs} runs, range)' if runs > 1 else ''}"] + [
+        f"{_size_label(s)}, {t} thr" for s, t in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in by[keys[0]]:
-        cells = [f"{by[k][name]['x_ideal']:.2f}×" for k in keys]
+        cells = [_ratio_cell(by[k][name]) for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ideal = " | ".join(f"{r['ideal_ms']:.2f} ms" for r in act)
     lines.append(f"| *ideal (2.5 × copy_)* | {ideal} |")
@@ -351,6 +391,10 @@ def parse_args(argv=None):
                    help="activation tensor sizes (elements)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reps", type=int, default=15, help="timed calls per row")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the whole activation tables this many times (one after the "
+                        "other, every size and thread count in each) and report each row's "
+                        "median ratio with the runs' range")
     p.add_argument("--reference-reps", type=int, default=5,
                    help="timed calls of the (slow) reference rows")
     p.add_argument("--T", type=int, nargs="+", default=[4, 8], help="LIF time steps")
@@ -383,6 +427,8 @@ def parse_args(argv=None):
                    help="replace the tables between the bench_cpu markers of MD (docs/kernels.md) "
                         "with those of the JSON (--json) and exit")
     args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error(f"--runs must be at least 1, got {args.runs}")
     if args.quick:
         args.sizes, args.reps, args.reference_reps, args.T = [4096], 3, 1, [2]
         args.lif_shapes = "4x64,2x4x4x4"
@@ -426,17 +472,21 @@ def main(argv=None) -> dict:
     }
     print(f"CPU: {report['device']} | {report['versions']} | caches {report['caches']}")
     try:
-        for threads in args.threads:
-            for size in args.sizes:
+        keys = [(threads, size) for threads in args.threads for size in args.sizes]
+        runs: dict[tuple[int, int], list[dict]] = {key: [] for key in keys}
+        for run in range(args.runs):
+            for threads, size in keys:
                 r = bench_activations(size, threads, args.reps, args.reference_reps,
                                       args.compile, cold)
-                report["activations"].append(r)
-                print(f"\n[activations] {_size_label(size)} fp32, {threads} thread(s): copy_ "
+                runs[threads, size].append(r)
+                print(f"\n[activations{f', run {run + 1}/{args.runs}' if args.runs > 1 else ''}]"
+                      f" {_size_label(size)} fp32, {threads} thread(s): copy_ "
                       f"{r['copy_ms']:.3f} ms → ideal {r['ideal_ms']:.3f} ms")
                 for row in r["rows"]:
                     print(f"  {row['name']:40s} {row['ms']:9.3f} ms {row['x_ideal']:7.2f}×")
                 for name, sec in r.get("compile_s", {}).items():
                     print(f"  ({name}: first call, compiling, {sec:.1f} s)")
+        report["activations"] = [combine_runs(runs[key]) for key in keys]
         for threads in args.threads if not args.no_lif else ():
             for T in args.T:
                 for shape in shapes:

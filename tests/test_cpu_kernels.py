@@ -639,6 +639,19 @@ def test_benchmark_tables_and_docs_markers(tmp_path):
     }
     text = bench.markdown(report)
     assert "| htaf (smooth) | 2.00× | 2.00× |" in text and "| 3.0× faster |" in text
+    # --runs: each run's ratio within its run, the median over runs, the range beside it
+    one = lambda copy, row: {"size": 8, "threads": 1, "copy_ms": copy, "ideal_ms": 2.5 * copy,
+                             "copy_median_ms": copy,
+                             "rows": [{"name": "htaf (smooth)", "ms": row,
+                                       "x_ideal": row / (2.5 * copy), "median_ms": row}]}
+    both = bench.combine_runs([one(1.0, 3.0), one(2.0, 4.0), one(1.0, 5.0)])
+    assert both["runs"] == 3 and both["rows"][0]["x_ideal_runs"] == [1.2, 0.8, 2.0]
+    assert both["rows"][0]["x_ideal"] == 1.2 and both["rows"][0]["ms"] == 4.0
+    table = bench.markdown({"activations": [both], "lif": []})
+    assert "(median of 3 runs, range)" in table and "| htaf (smooth) | 1.20× (0.80–2.00) |" in table
+    assert bench.combine_runs([one(1.0, 3.0)]) == one(1.0, 3.0)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--runs", "0"])
     doc = tmp_path / "k.md"
     doc.write_text(f"intro\n{bench.DOCS_BEGIN}\nold\n{bench.DOCS_END}\nend\n")
     bench.update_docs(doc, text)

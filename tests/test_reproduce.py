@@ -139,6 +139,19 @@ def test_speed_rows_read_the_bnn_benchmark_layout():
         "2.00 ms; float PyTorch 16.00 ms (8.0×), ORT fp32 12.00 ms (6.0×), ORT int8 8.00 ms (4.0×)")
 
 
+def test_speed_rows_read_the_cpu_benchmark_with_and_without_runs():
+    def table(**extra):
+        row = lambda name, x: {"name": name, "ms": x, "x_ideal": x, **extra}
+        return {"activations": [{"size": 2**20, "threads": 1, "rows": [
+            row("heaviside (HTAF)", 1.1), row("reference: heaviside (HTAF)", 20.0)]}]}
+    one = dict(reproduce._speed_rows("bench_cpu.json", table()))
+    assert one["CPU heaviside (HTAF) fwd+bwd, 1M fp32, 1 thread"] == (
+        "1.10× ideal (PyTorch reference 20.0×)")
+    three = dict(reproduce._speed_rows("bench_cpu.json", table(x_ideal_runs=[1.0, 1.1, 1.3])))
+    assert three["CPU heaviside (HTAF) fwd+bwd, 1M fp32, 1 thread"] == (
+        "1.10× ideal, median of 3 runs, range 1.00–1.30 (PyTorch reference 20.0×)")
+
+
 def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path, monkeypatch):
     """Each Fashion-MNIST part end to end (tiny models on digits): the selection stage writes its
     own folder and the part's runs carry what it chose (scales on validation); the BNN part packs
