@@ -157,11 +157,14 @@ def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path,
     own folder and the part's runs carry what it chose (scales on validation); the BNN part packs
     every run, the ICBM part measures its concepts across seeds."""
     monkeypatch.setattr(reproduce, "_render_png", lambda html, png: False)   # no browser here
+    monkeypatch.setattr(reproduce, "_browser", lambda: None)
+    said = []
     for name, part in reproduce.PARTS.items():
         if part.group != "fmnist":
             continue
         res = reproduce.run_part(name, out=tmp_path, smoke=True,
-                                 seeds=(0, 1) if name == "fmnist-icbm" else (0,), **QUIET)
+                                 seeds=(0, 1) if name == "fmnist-icbm" else (0,),
+                                 **{**QUIET, "say": said.append})
         assert all(0.0 <= r["hard_val_acc"] <= 1.0 for r in res.rows), name
         if part.select is not None:
             assert (tmp_path / f"{name}-select" / "results.json").exists()
@@ -173,6 +176,10 @@ def test_every_fmnist_part_runs_at_smoke_size_with_its_selection_stage(tmp_path,
     concepts = json.loads((tmp_path / "fmnist-icbm" / "concepts.json").read_text())
     assert set(concepts["per_seed"]) == {"0", "1"} and list(concepts["seed_flip_rate"]) == ["0-1"]
     assert 0.0 <= concepts["seed_flip_rate"]["0-1"] <= 1.0
+    # the screenshot's absence is said, with what to install, not skipped silently
+    assert "screenshot" not in concepts
+    assert any("report.png not rendered: no Chromium found" in m and "apt-get install" in m
+               for m in said)
 
 
 def test_selected_params_are_each_activations_best_on_validation():

@@ -345,20 +345,32 @@ def concept_stability(result, say=print, screenshot: Path | None = None) -> dict
                          compare=runs[1] if len(runs) > 1 else None)
     record = {"variant": row["variant"].name, "per_seed": per_seed, "seed_flip_rate": pairs,
               "report": str(report.path)}
-    if screenshot is not None and _render_png(report.path, screenshot):
-        record["screenshot"] = str(screenshot)
+    if screenshot is not None:
+        if _render_png(report.path, screenshot):
+            record["screenshot"] = str(screenshot)
+        else:
+            why = ("Chromium failed on it" if _browser() else
+                   f"no Chromium found ({', '.join(_BROWSERS)}; e.g. apt-get install chromium)")
+            say(f"[concepts] {screenshot.name} not rendered: {why}; the HTML report is "
+                f"{report.path}")
     atomic_write_json(result.out_dir / "concepts.json", record, indent=1)
     say("[concepts] seed-to-seed flip rate after matching: "
         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in pairs.items()))
     return record
 
 
-def _render_png(html: Path, png: Path, width: int = 1280, height: int = 2200) -> bool:
-    """Headless Chromium's screenshot of a local HTML page; False where Chromium is missing."""
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _browser() -> str | None:
     import shutil
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
-        "google-chrome")
+    return next((path for name in _BROWSERS if (path := shutil.which(name))), None)
+
+
+def _render_png(html: Path, png: Path, width: int = 1280, height: int = 2200) -> bool:
+    """Headless Chromium's screenshot of a local HTML page; False where Chromium is missing."""
+    browser = _browser()
     if browser is None:
         return False
     png.parent.mkdir(parents=True, exist_ok=True)
