@@ -260,9 +260,11 @@ def test_glibc_told_never_to_mmap_lifts_the_limit(monkeypatch):
 
 
 def test_smooth_htaf_recomputes_its_derivative_on_large_tensors(monkeypatch):
-    """From 32 MiB on, an extra saved tensor costs fresh pages on every call (glibc): smooth HTAF
-    then saves x and recomputes HTAF' in the backward, with the same values and gradients."""
+    """From 32 MiB on, an extra saved tensor costs fresh pages on every call (glibc) unless the
+    kernels' pool serves it: with the pool off, smooth HTAF saves x and recomputes HTAF' in the
+    backward, with the same values and gradients (tests/test_cpu_pool.py: with it)."""
     monkeypatch.setattr(kernels, "SAVE_DERIVATIVE_MAX_BYTES", 32 << 20)   # whatever the env says
+    monkeypatch.setenv("HTAF_CPU_POOL_MB", "0")
     limit = kernels.SAVE_DERIVATIVE_MAX_BYTES
     below, at = torch.empty(limit // 4 - 1), torch.empty(limit // 4)
     assert kernels.saves_derivative(below) and not kernels.saves_derivative(at)

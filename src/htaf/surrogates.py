@@ -346,7 +346,7 @@ class _SmoothHTAFFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (d,) = ctx.saved_tensors
-        return grad * d, None, None, None
+        return kernels.times_saved(grad, d), None, None, None
 
 
 # ------------------------------------------------------------------------------ the surrogates

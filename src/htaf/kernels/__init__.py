@@ -17,11 +17,12 @@ import os
 import torch
 
 from .._build import env_flag, native_disabled
-from . import lif, ops
+from . import cpu_pool, lif, ops
+from .cpu_pool import empty_cache
 from .lif import lif_multistep
 
 __all__ = ["fused", "saves_derivative", "htaf_forward", "htaf_forward_grad", "surrogate_backward",
-           "step", "lif_multistep", "ops", "lif"]
+           "step", "lif_multistep", "ops", "lif", "empty_cache", "times_saved"]
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _state: dict[str, bool] = {}
@@ -81,7 +82,8 @@ def fused(t: torch.Tensor) -> bool:
     return _fused(t.device.type, t.device, t.dtype)
 
 
-# Below this many bytes smooth HTAF saves its derivative on the CPU; from it on it recomputes.
+# Below this many bytes smooth HTAF saves its derivative on the CPU; from it on it recomputes,
+# unless the kernels' memory pool (cpu_pool) serves tensors that large, which it does by default.
 # glibc serves every block of 32 MiB or more (its largest mmap threshold) with fresh pages from
 # the kernel, so each extra tensor of that size costs its page faults (≈55 ms for 64 MiB here)
 # on every call, more than evaluating HTAF' a second time (≈16 ms for 16M elements):
@@ -106,7 +108,17 @@ def saves_derivative(t: torch.Tensor) -> bool:
     would be rounded to 16 bits before the product; large tensors: one more fresh allocation
     costs more than the arithmetic)."""
     return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-            and t.numel() * t.element_size() < SAVE_DERIVATIVE_MAX_BYTES and fused(t))
+            and (t.numel() * t.element_size() < SAVE_DERIVATIVE_MAX_BYTES or cpu_pool.enabled())
+            and fused(t))
+
+
+def times_saved(grad: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``grad · d``, smooth HTAF's backward from its saved derivative: on plain CPU tensors of one
+    dtype and shape written into :func:`cpu_pool.empty_like`'s memory (no page faults for a
+    large product), elsewhere ``grad * d``."""
+    if grad.dtype == d.dtype and grad.shape == d.shape and _direct(grad, d):
+        return torch.mul(grad, d, out=cpu_pool.empty_like(d))
+    return grad * d
 
 
 def _direct(*tensors: torch.Tensor) -> bool:

@@ -33,7 +33,8 @@ dtypes (a float32 gradient of a bfloat16 input) take the reference.
 
 **Layout.** A dense tensor (contiguous, transposed, channels-last) is processed as the flat block
 of memory it is and the result keeps its strides (what ``torch.empty_like`` promises); other
-inputs are first copied into the result's layout. The LIF works on ``[T, N]`` rows.
+inputs are first copied into the result's layout. Outputs of 32 MiB or more live in memory the
+kernels keep and reuse (:mod:`htaf.kernels.cpu_pool`: no page faults on every call). The LIF works on ``[T, N]`` rows.
 
 **Threads.** A call uses ``torch.get_num_threads()`` threads, but only when every thread gets
 enough work (thresholds in the C source, ``GRAIN_*``); results do not depend on the thread count.
@@ -58,6 +59,7 @@ from importlib import resources
 import torch
 
 from .._build import build_error, load_library_openmp_first
+from .cpu_pool import empty_like
 from .ops import as_layout_of
 
 __all__ = [
@@ -188,7 +190,7 @@ def _threads() -> int:
 def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
     """1[x ≥ 0] (``signed=False``) or sign(x) with sign(0) = +1; NaN stays NaN; x's dtype."""
     lib = _require(x)
-    out = torch.empty_like(x)
+    out = empty_like(x)
     if out.numel():
         x = as_layout_of(x, out)
         lib.htaf_step(x.data_ptr(), out.data_ptr(), out.numel(), _STORAGE[x.dtype],
@@ -199,7 +201,7 @@ def step(x: torch.Tensor, signed: bool) -> torch.Tensor:
 def htaf_forward(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
     """HTAF(x) = σ(α·x + β·tanh(γ·x)), one pass; x's dtype and layout."""
     lib = _require(x)
-    out = torch.empty_like(x)
+    out = empty_like(x)
     if out.numel():
         x = as_layout_of(x, out)
         lib.htaf_forward(x.data_ptr(), out.data_ptr(), out.numel(), _STORAGE[x.dtype],
@@ -212,7 +214,7 @@ def htaf_forward_grad(x: torch.Tensor, alpha: float, beta: float, gamma: float,
     """HTAF(x) and ``scale``·HTAF'(x) in one pass (x's dtype and layout): the smooth mode's
     forward saving its derivative, so the backward is one multiplication (see the C source)."""
     lib = _require(x)
-    y, d = torch.empty_like(x), torch.empty_like(x)
+    y, d = empty_like(x), empty_like(x)
     if y.numel():
         x = as_layout_of(x, y)
         lib.htaf_forward_grad(x.data_ptr(), y.data_ptr(), d.data_ptr(), y.numel(),
@@ -266,7 +268,7 @@ def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, kind: int, params,
     grad's dtype and layout."""
     c = constants(kind, params)
     lib = _require(grad, x)
-    out = torch.empty_like(grad)
+    out = empty_like(grad)
     if out.numel():
         grad, x = as_layout_of(grad, out), as_layout_of(x, out)
         lib.htaf_surrogate_backward(grad.data_ptr(), x.data_ptr(), out.data_ptr(), out.numel(),
@@ -290,7 +292,7 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, k: float, v_threshold: float,
     lib = _require(x, v0)
     args = _lif_args(x, v0, k, v_threshold, v_reset, hard, leaky, decay_input)
     x, v0 = x.contiguous(), v0.contiguous()
-    s = torch.empty_like(x)
+    s = empty_like(x)
     v_last = torch.empty_like(v0)
     T, N = x.shape
     if T == 0 or N == 0:
@@ -317,7 +319,7 @@ def lif_backward(gs: torch.Tensor, gv_last: torch.Tensor, x: torch.Tensor, v0: t
         raise ValueError(f"gradient shapes {tuple(gs.shape)}, {tuple(gv_last.shape)} do not "
                          f"match x {tuple(x.shape)}, v0 {tuple(v0.shape)}")
     gs, gv_last, x, v0 = (t.contiguous() for t in (gs, gv_last, x, v0))
-    gx = torch.empty_like(x)
+    gx = empty_like(x)
     gv0 = torch.empty_like(v0)
     gk = torch.zeros(1, dtype=torch.float64)
     T, N = x.shape
