@@ -458,6 +458,9 @@ def main(argv=None) -> dict:
     if args.keep_freed_memory:
         allocators.append(keep_freed_memory())
     allocator = "; ".join(allocators) or "default"
+    allocator += ("; htaf's pool for outputs of 32 MiB or more (HTAF_CPU_POOL_MB="
+                  f"{os.environ.get('HTAF_CPU_POOL_MB', '512')})" if kernels.cpu_pool.enabled()
+                  else "; htaf's pool off")
     cold = ColdCaches(args.cold)
     threads0 = torch.get_num_threads()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.lif_shapes.split(",")]
