@@ -7,6 +7,10 @@ serves a tensor; :mod:`htaf.surrogates` and :mod:`htaf.nn` call the ops only the
 surrogates' PyTorch formulas (the references) everywhere else. Set ``HTAF_DISABLE_TRITON=1`` or
 ``HTAF_NO_NATIVE=1`` to force the references on CUDA or on the CPU.
 
+On the CPU, outputs of 32 MiB or more live in memory the kernels keep and reuse
+(:mod:`htaf.kernels.cpu_pool`; ``HTAF_CPU_POOL_MB`` caps the idle part, 0 turns it off,
+:func:`empty_cache` gives it back now).
+
 The Triton modules are imported on the first CUDA tensor, so ``import htaf`` stays light.
 """
 

@@ -63,7 +63,10 @@ def _calibrate() -> int | None:
     return base if ok and _refs(held[0]) == base else None
 
 
-_FREE_REFS = _calibrate()
+# POSIX only (private anonymous mappings), and not on a free-threaded Python (whose reference
+# counts are not exact); elsewhere every output comes from torch.empty_like.
+_FREE_REFS = (_calibrate() if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS")
+              and getattr(sys, "_is_gil_enabled", lambda: True)() else None)
 
 
 class _Pool:
