@@ -137,11 +137,12 @@ def test_deep_heaviside_mlp_learns_digits_in_hard_mode(activation):
     cfg = CompareConfig(recipe={"model_kwargs": {"depth": 4, "width": 128}, "epochs": 12,
                                 "lr": 1e-2},
                         out_dir=None)
-    result = train(cfg.train_config(Variant(activation), seed=0))
-    m = result.metrics
-    assert m["hard_val_acc"] >= 0.95, m      # on validation: the test split only reports
-    if activation == "htaf":
-        # smooth training ended (nearly) binary: 0–3 of the 144 validation images change class
-        # when the layers go hard (seeds 0–2, and ulp-level changes of the CPU kernels: 0.0208
-        # at most measured)
-        assert abs(m["val_gap"]) <= 0.03, m
+    # Two seeds, their mean: one of the 144 validation images is 0.7 points, and ulp-level
+    # changes of the CPU kernels or BLAS move a single seed by 1–2 images (seed 0 measured
+    # 95.8–96.5 % hard, gap 0.7–2.1 points, across kernel builds; seed 1 97.2–97.9 %, 0–0.7;
+    # HTAF-st 97.2 and 97.9 %).
+    runs = [train(cfg.train_config(Variant(activation), seed=seed)).metrics for seed in (0, 1)]
+    mean = lambda key: sum(m[key] for m in runs) / len(runs)
+    assert mean("hard_val_acc") >= 0.95, runs      # on validation: the test split only reports
+    if activation == "htaf":                       # smooth training ended (nearly) binary
+        assert sum(abs(m["val_gap"]) for m in runs) / len(runs) <= 0.02, runs
