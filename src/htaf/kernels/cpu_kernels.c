@@ -265,11 +265,11 @@ static inline void flush_out(int dt, const real *buf, void *dst, int64_t off, in
 static inline double exp2_nonpos(double v) { return exp2(v); }
 static inline double exp2_flush(double v) { return exp2(v); }
 #else
-static inline float exp2_nonpos(float v) {
+/* v = n + r with n = round(v) (returned as an int in two's complement) and |r| <= 1/2 exact;
+ * *pow2_r = 2^r in [0.70, 1.42] by the polynomial.  The one definition of 2^r for both below. */
+static inline uint32_t exp2_split(float v, float *pow2_r) {
     const float shifter = 12582912.0f;                  /* 1.5·2^23: adding it rounds to int */
-    v = v < -159.0f ? -159.0f : v;                      /* 2^−159 rounds to 0 */
     float kf = v + shifter;
-    uint32_t n64 = bits_of(kf) - bits_of(shifter) + 64; /* round(v) + 64 in [−95, 64] */
     float r = v - (kf - shifter);                       /* exact */
     float p = 1.5353361959569156e-4f;
     p = p * r + 1.3398875016719103e-3f;
@@ -277,28 +277,26 @@ static inline float exp2_nonpos(float v) {
     p = p * r + 5.5503323674201965e-2f;
     p = p * r + 2.4022647738456726e-1f;
     p = p * r + 6.931471824645996e-1f;
-    float y = p * r + 1.0f;                             /* 2^r in [0.70, 1.42] */
+    *pow2_r = p * r + 1.0f;
+    return bits_of(kf) - bits_of(shifter);
+}
+
+static inline float exp2_nonpos(float v) {
+    float y;
+    v = v < -159.0f ? -159.0f : v;                      /* 2^−159 rounds to 0 */
+    uint32_t n64 = exp2_split(v, &y) + 64;              /* round(v) + 64 in [−95, 64] */
     return (y * float_of((n64 + 127) << 23)) * 5.421010862427522e-20f;
 }
 
 /* 2^v for v <= 0 with results below 2^−125 flushed to 0 (NaN gives an unspecified number):
- * the same polynomial, 2^n put into the exponent with an integer add instead of the two
+ * the same 2^r, 2^n put into the exponent with an integer add instead of the two
  * multiplications.  For t = e^(−2|γx|) only, where neither matters: tanh is then exactly ±1,
  * sech² below 2^−123 (next to α in the slope's factor), and a NaN x reaches z through α·x.
- * With the shared t·r above, 5–10 % off HTAF's time on data in L2 (one thread, Zen 4; HTAF is
+ * With the shared t·r below, 5–10 % off HTAF's time on data in L2 (one thread, Zen 4; HTAF is
  * bound by its multiplications and FMAs there: 23 per vector of elements, 26 before). */
 static inline float exp2_flush(float v) {
-    const float shifter = 12582912.0f;
-    float kf = v + shifter;
-    uint32_t n = bits_of(kf) - bits_of(shifter);       /* round(v), two's complement */
-    float r = v - (kf - shifter);
-    float p = 1.5353361959569156e-4f;
-    p = p * r + 1.3398875016719103e-3f;
-    p = p * r + 9.61843691766262e-3f;
-    p = p * r + 5.5503323674201965e-2f;
-    p = p * r + 2.4022647738456726e-1f;
-    p = p * r + 6.931471824645996e-1f;
-    float y = p * r + 1.0f;                             /* 2^r in [0.70, 1.42] */
+    float y;
+    uint32_t n = exp2_split(v, &y);
     float scaled = float_of(bits_of(y) + (n << 23));    /* normal for n >= −125 */
     return v < -125.0f ? 0.0f : scaled;
 }
