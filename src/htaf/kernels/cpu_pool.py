@@ -124,6 +124,8 @@ class _Pool:
 
 
 _POOL = _Pool()
+if hasattr(os, "register_at_fork"):   # a child forked while another thread held the lock
+    os.register_at_fork(after_in_child=lambda: setattr(_POOL, "_lock", threading.Lock()))
 
 
 def enabled() -> bool:
@@ -140,7 +142,10 @@ def empty_like(x: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(x)
     like = torch.empty_like(x, device="meta")          # the strides empty_like would choose
     span = 1 + sum((n - 1) * s for n, s in zip(like.shape, like.stride()) if n)
-    m = _POOL.take(span * x.element_size(), _idle_cap())
+    try:
+        m = _POOL.take(span * x.element_size(), _idle_cap())
+    except OSError:                    # no mapping to be had: leave it to PyTorch's allocator
+        return torch.empty_like(x)
     storage = torch.frombuffer(m, dtype=torch.uint8).untyped_storage()
     return torch.empty(0, dtype=x.dtype).set_(storage, 0, like.shape, like.stride())
 
