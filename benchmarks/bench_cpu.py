@@ -459,7 +459,7 @@ def main(argv=None) -> dict:
         allocators.append(keep_freed_memory())
     allocator = "; ".join(allocators) or "default"
     allocator += ("; htaf's pool for outputs of 32 MiB or more (HTAF_CPU_POOL_MB="
-                  f"{os.environ.get('HTAF_CPU_POOL_MB', '512')})" if kernels.cpu_pool.enabled()
+                  f"{kernels.cpu_pool.idle_cap() >> 20})" if kernels.cpu_pool.enabled()
                   else "; htaf's pool off")
     cold = ColdCaches(args.cold)
     threads0 = torch.get_num_threads()

@@ -61,6 +61,11 @@ def test_small_outputs_and_the_switch_use_torch(small_pool, monkeypatch):
     assert not _from_pool(cpu_pool.empty_like(torch.zeros(100)))
     monkeypatch.setenv("HTAF_CPU_POOL_MB", "0")
     assert not cpu_pool.enabled() and not _from_pool(cpu_pool.empty_like(torch.zeros(1 << 15)))
+    monkeypatch.setenv("HTAF_CPU_POOL_MB", "64")
+    monkeypatch.setattr(cpu_pool, "_FREE_REFS", None)   # reference counts found unusable
+    assert not cpu_pool.enabled() and not _from_pool(cpu_pool.empty_like(torch.zeros(1 << 15)))
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu_pool, "MIN_BYTES", 1 << 16)
     monkeypatch.setenv("HTAF_CPU_POOL_MB", "lots")
     with pytest.raises(ValueError, match="HTAF_CPU_POOL_MB"):
         cpu_pool.empty_like(torch.zeros(1 << 15))
@@ -142,6 +147,8 @@ def test_pooled_outputs_behave_as_tensors(small_pool):
     assert torch.equal(torch.load(buf), y.detach())
     z = y.detach().clone()
     assert not _from_pool(z) and torch.equal(z, y.detach())
+    shared = F.heaviside(torch.randn(1 << 15)).share_memory_()
+    assert shared.is_shared() and set(shared.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_lif_outputs_come_from_the_pool_with_equal_results(small_pool, monkeypatch):

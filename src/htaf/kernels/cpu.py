@@ -34,7 +34,8 @@ dtypes (a float32 gradient of a bfloat16 input) take the reference.
 **Layout.** A dense tensor (contiguous, transposed, channels-last) is processed as the flat block
 of memory it is and the result keeps its strides (what ``torch.empty_like`` promises); other
 inputs are first copied into the result's layout. Outputs of 32 MiB or more live in memory the
-kernels keep and reuse (:mod:`htaf.kernels.cpu_pool`: no page faults on every call). The LIF works on ``[T, N]`` rows.
+kernels keep and reuse (:mod:`htaf.kernels.cpu_pool`: no page faults on every call). The LIF works
+on ``[T, N]`` rows.
 
 **Threads.** A call uses ``torch.get_num_threads()`` threads, but only when every thread gets
 enough work (thresholds in the C source, ``GRAIN_*``); results do not depend on the thread count.

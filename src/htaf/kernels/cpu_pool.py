@@ -27,14 +27,15 @@ import threading
 
 import torch
 
-__all__ = ["MIN_BYTES", "empty_cache", "empty_like", "enabled", "stats"]
+__all__ = ["MIN_BYTES", "empty_cache", "empty_like", "enabled", "idle_cap", "stats"]
 
 #: Outputs at least this large come from the pool: glibc's largest mmap threshold.
 MIN_BYTES = 32 << 20
 _ROUND = 2 << 20           # mapping sizes are multiples of 2 MiB, so near sizes share them
 
 
-def _idle_cap() -> int:
+def idle_cap() -> int:
+    """Bytes of free mappings the pool keeps: ``HTAF_CPU_POOL_MB`` MiB (default 512; 0 = off)."""
     raw = os.environ.get("HTAF_CPU_POOL_MB", "512").strip()
     try:
         mb = float(raw)
@@ -131,19 +132,21 @@ if hasattr(os, "register_at_fork"):   # a child forked while another thread held
 def enabled() -> bool:
     """Whether outputs of :data:`MIN_BYTES` or more come from the pool (``HTAF_CPU_POOL_MB`` > 0,
     and this Python's reference counts tell a free mapping from one in use)."""
-    return _FREE_REFS is not None and _idle_cap() > 0
+    return _FREE_REFS is not None and idle_cap() > 0
 
 
 def empty_like(x: torch.Tensor) -> torch.Tensor:
     """``torch.empty_like(x)`` (same shape, dtype and, for a dense ``x``, strides) on the CPU;
     from the pool when it is at least :data:`MIN_BYTES` and the pool is on."""
-    nbytes = x.numel() * x.element_size()
-    if nbytes < MIN_BYTES or x.device.type != "cpu" or not enabled():
+    if x.numel() * x.element_size() < MIN_BYTES or x.device.type != "cpu" or _FREE_REFS is None:
+        return torch.empty_like(x)
+    cap = idle_cap()
+    if cap == 0:
         return torch.empty_like(x)
     like = torch.empty_like(x, device="meta")          # the strides empty_like would choose
     span = 1 + sum((n - 1) * s for n, s in zip(like.shape, like.stride()) if n)
     try:
-        m = _POOL.take(span * x.element_size(), _idle_cap())
+        m = _POOL.take(span * x.element_size(), cap)
     except OSError:                    # no mapping to be had: leave it to PyTorch's allocator
         return torch.empty_like(x)
     storage = torch.frombuffer(m, dtype=torch.uint8).untyped_storage()
