@@ -22,7 +22,9 @@ C++) ran 1.3–3× slower in the same benchmark and compiles per new graph and s
 ``tanh``/``exp`` only with ``-ffast-math``, which breaks NaN and inf, so the one transcendental,
 e^v for v ≤ 0, is our own branch-free polynomial (about 1 ulp; subnormal results correctly
 rounded), with NaN and ±inf handled explicitly; every loop is vectorised by the compiler
-(``-O3 -march=native``, falling back to ``-O3``).
+(``-O3 -march=native``, falling back to ``-O3``), except HTAF's two base-2 exponentials on AVX-512,
+written with intrinsics (``vscalefps``, ``vrndscaleps``: 15 % of HTAF's time) and giving the same
+bits as the portable C, which ``HTAF_NO_SIMD=1`` builds instead.
 
 **Numerics.** The formulas and their NaN/±inf conventions are the references', written in the
 same stable form as the Triton kernels (``tanh(u) = sign(u)(1 − t)/(1 + t)``,
@@ -59,7 +61,7 @@ from importlib import resources
 
 import torch
 
-from .._build import build_error, load_library_openmp_first
+from .._build import build_error, env_flag, load_library_openmp_first
 from .cpu_pool import empty_like
 from .ops import as_layout_of
 
@@ -111,6 +113,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     sig = {
         "htaf_cpu_threading": ([], i32),
+        "htaf_cpu_avx512": ([], i32),
         "htaf_step": ([p, p, i64, i32, i32, i32], None),
         "htaf_forward": ([p, p, i64, i32, f64, f64, f64, i32], None),
         "htaf_forward_grad": ([p, p, p, i64, i32, f64, f64, f64, f64, i32], None),
@@ -132,7 +135,8 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     if lib is None and name not in _loaded:
         with _lock:
             if name not in _loaded:
-                flags = _FLAGS + (("-DHTAF_F64=1",) if dtype == torch.float64 else ())
+                flags = (_FLAGS + (("-DHTAF_F64=1",) if dtype == torch.float64 else ())
+                         + (("-DHTAF_NO_SIMD=1",) if env_flag("HTAF_NO_SIMD") else ()))
                 lib = load_library_openmp_first(name, _source(), extra_flags=flags,
                                                 libraries=("m",))
                 if lib is not None:
@@ -152,6 +156,13 @@ def uses_openmp() -> bool:
     POSIX thread per piece (no ``-fopenmp``, or ``HTAF_NO_OPENMP=1``)."""
     lib = _lib(torch.float32)
     return lib is not None and bool(lib.htaf_cpu_threading())
+
+
+def uses_avx512() -> bool:
+    """Whether HTAF's exponentials run the AVX-512 intrinsics (an AVX-512 CPU, the float32
+    library, ``HTAF_NO_SIMD`` unset) rather than the portable C (the same bits either way)."""
+    lib = _lib(torch.float32)
+    return lib is not None and bool(lib.htaf_cpu_avx512())
 
 
 def backend_error() -> str | None:
