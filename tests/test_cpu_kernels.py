@@ -529,6 +529,49 @@ def test_openmp_and_pthread_builds_agree(tmp_path):
         assert torch.equal(a, b)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_streamed_outputs_are_the_ordinary_ones(dtype):
+    """Outputs from 32 MiB on are written with streaming stores (ops bound by memory): with the
+    threshold lowered to 0, every op gives the same bits as with ordinary stores, at odd
+    lengths and misaligned starts; cpu.mul is the product."""
+    prev = cpu.set_stream_min_bytes(1 << 50)
+    try:
+        for n in (1, 17, 4099, 70_001):
+            x = sample(n, dtype, seed=n)
+            x[::7], x[::11] = math.nan, math.inf
+            g = sample(n, dtype, 1.0, seed=n + 1)
+            outs = []
+            for threshold in (1 << 50, 0):
+                cpu.set_stream_min_bytes(threshold)
+                outs.append([cpu.step(x, True), cpu.step(x[1:], False),
+                             cpu.surrogate_backward(g, x, KINDS["atan"], (2.0,), 1.0),
+                             cpu.surrogate_backward(g[1:], x[:-1], KINDS["sigmoid"], (4.0,), 0.5),
+                             cpu.surrogate_backward(g, x, 0, (0.5, 4.0, 1.0), 1.0)]
+                            + ([cpu.mul(x, g), cpu.mul(x[1:], g[:-1])]
+                               if dtype in (torch.float32, torch.float64) else []))
+            for a, b in zip(*outs):
+                assert torch.equal(_bits(a), _bits(b)), n
+            if dtype in (torch.float32, torch.float64):
+                assert torch.equal(_bits(outs[1][-2]), _bits(x * g))
+    finally:
+        cpu.set_stream_min_bytes(prev)
+
+
+def test_mul_checks_its_arguments():
+    a = torch.ones(3)
+    with pytest.raises(ValueError, match="one shape"):
+        cpu.mul(a, torch.ones(4))
+    with pytest.raises(ValueError, match="float32/float64"):
+        cpu.mul(a.half(), a.half())
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.mul(a, a, out=torch.empty(3, dtype=torch.float64))
+    assert torch.equal(cpu.mul(a * 2, a * 3), torch.full((3,), 6.0))
+
+
 _SIMD_SCRIPT = """
 import sys, torch
 from htaf.kernels import cpu

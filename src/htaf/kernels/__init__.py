@@ -117,12 +117,13 @@ def saves_derivative(t: torch.Tensor) -> bool:
 
 
 def times_saved(grad: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``grad · d``, smooth HTAF's backward from its saved derivative: on plain CPU tensors of one
-    dtype and shape written into :func:`cpu_pool.empty_like`'s memory (no page faults for a
-    large product), elsewhere ``grad * d``."""
+    """``grad · d``, smooth HTAF's backward from its saved derivative: on large plain CPU tensors
+    of one dtype and shape by :func:`htaf.kernels.cpu.mul` (into :func:`cpu_pool.empty_like`'s
+    memory, no page faults; streaming stores, no read of the output's lines), elsewhere
+    ``grad * d``."""
     if (d.numel() * d.element_size() >= cpu_pool.MIN_BYTES and grad.dtype == d.dtype
             and grad.shape == d.shape and _direct(grad, d)):
-        return torch.mul(grad, d, out=cpu_pool.empty_like(d))
+        return cpu.mul(grad, d)
     return grad * d
 
 

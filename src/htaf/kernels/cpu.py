@@ -114,6 +114,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     sig = {
         "htaf_cpu_threading": ([], i32),
         "htaf_cpu_avx512": ([], i32),
+        "htaf_cpu_set_stream_min": ([i64], None),
+        "htaf_mul": ([p, p, p, i64, i32], None),
         "htaf_step": ([p, p, i64, i32, i32, i32], None),
         "htaf_forward": ([p, p, i64, i32, f64, f64, f64, i32], None),
         "htaf_forward_grad": ([p, p, p, i64, i32, f64, f64, f64, f64, i32], None),
@@ -141,6 +143,7 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
                                                 libraries=("m",))
                 if lib is not None:
                     _declare(lib)
+                    lib.htaf_cpu_set_stream_min(_stream_min)
                 _loaded[name] = lib
             lib = _loaded[name]
     return lib
@@ -233,6 +236,38 @@ def htaf_forward_grad(x: torch.Tensor, alpha: float, beta: float, gamma: float,
                               _STORAGE[x.dtype], float(alpha), float(beta), float(gamma),
                               float(scale), _threads())
     return y, d
+
+
+def mul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a · b`` for float32/float64 tensors of one shape and layout (``out`` too, if given):
+    smooth HTAF's backward from its saved derivative, written with streaming stores when large
+    (see the C source's "streaming stores")."""
+    lib = _require(a, b)
+    if a.dtype not in (torch.float32, torch.float64) or a.shape != b.shape:
+        raise ValueError(f"cpu.mul takes float32/float64 tensors of one shape, got "
+                         f"{a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+    out = empty_like(b) if out is None else out
+    if out.shape != a.shape or out.dtype != a.dtype:
+        raise ValueError(f"cpu.mul: out must be {a.dtype} {tuple(a.shape)}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    if out.numel():
+        a, b = as_layout_of(a, out), as_layout_of(b, out)
+        lib.htaf_mul(a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(), _threads())
+    return out
+
+
+def set_stream_min_bytes(nbytes: int) -> int:
+    """Outputs of at least ``nbytes`` are written with streaming (non-temporal) stores
+    (default 32 MiB; see the C source). Returns the previous value; for tests and benchmarks."""
+    global _stream_min
+    previous, _stream_min = _stream_min, int(nbytes)
+    for lib in _loaded.values():
+        if lib is not None:
+            lib.htaf_cpu_set_stream_min(_stream_min)
+    return previous
+
+
+_stream_min = 32 << 20
 
 
 def constants(kind: int, params) -> tuple[float, float, float]:
