@@ -535,9 +535,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_streamed_outputs_are_the_ordinary_ones(dtype):
-    """Outputs from 32 MiB on are written with streaming stores (ops bound by memory): with the
-    threshold lowered to 0, every op gives the same bits as with ordinary stores, at odd
-    lengths and misaligned starts; cpu.mul is the product."""
+    """Outputs from 32 MiB on are written with streaming stores (the cheap ops from a block
+    buffer, HTAF's from registers on AVX-512): with the threshold lowered to 0, every op gives
+    the same bits as with ordinary stores, at odd lengths and offsets; cpu.mul is the product."""
     prev = cpu.set_stream_min_bytes(1 << 50)
     try:
         for n in (1, 17, 4099, 70_001):
@@ -550,7 +550,10 @@ def test_streamed_outputs_are_the_ordinary_ones(dtype):
                 outs.append([cpu.step(x, True), cpu.step(x[1:], False),
                              cpu.surrogate_backward(g, x, KINDS["atan"], (2.0,), 1.0),
                              cpu.surrogate_backward(g[1:], x[:-1], KINDS["sigmoid"], (4.0,), 0.5),
-                             cpu.surrogate_backward(g, x, 0, (0.5, 4.0, 1.0), 1.0)]
+                             cpu.surrogate_backward(g, x, 0, (0.5, 4.0, 1.0), 1.0),
+                             cpu.surrogate_backward(g[3:], x[3:], 0, (0.1, 8.0, 3.0), 2.0),
+                             cpu.htaf_forward(x, 0.5, 4.0, 1.0), cpu.htaf_forward(x[5:], 1, 2, 3),
+                             *cpu.htaf_forward_grad(x, 0.5, 4.0, 1.0, 0.5)]
                             + ([cpu.mul(x, g), cpu.mul(x[1:], g[:-1])]
                                if dtype in (torch.float32, torch.float64) else []))
             for a, b in zip(*outs):

@@ -261,6 +261,16 @@ static inline int streams(int64_t n, int dt) {
     return n * (int64_t)(dt == DT_NATIVE ? sizeof(real) : 2) >= stream_min;
 }
 
+/* HTAF's kernels stream only from registers (htaf_finish: AVX-512, float32 storage). */
+static inline int htaf_streams(int64_t n, int dt) {
+#ifdef HTAF_AVX512
+    return dt == DT_NATIVE && streams(n, dt);
+#else
+    (void)n, (void)dt;
+    return 0;
+#endif
+}
+
 #if defined(HTAF_AVX512)
 #define STREAM_BYTES 64
 #define STREAM(d, s) _mm512_stream_si512((void *)(d), _mm512_loadu_si512((const void *)(s)))
@@ -462,7 +472,8 @@ static struct htaf_k htaf_constants(double a, double b, double g, double scale) 
 /* HTAF's parts, for j < n: t = e^(−2|γx|), z2 = z·log2 e with z = α·x + β·tanh(γx),
  * k = s·(α + β·γ·sech²(γx)) and e = e^(−|z|) (tanh and sech² from t and r = 1/(1 + t), above);
  * then σ(z) = 1/(1 + e) for z >= 0 (e/(1 + e) below) and σ(z)σ(−z) = e/(1 + e)². */
-struct htaf_parts { real t[BLK], z[BLK], k[BLK], e[BLK]; };
+struct htaf_parts { _Alignas(64) real t[BLK]; _Alignas(64) real z[BLK];
+                    _Alignas(64) real k[BLK]; _Alignas(64) real e[BLK]; };
 
 static void htaf_stages(const real *restrict x, const struct htaf_k *c, int64_t n,
                         struct htaf_parts *restrict h) {
@@ -485,6 +496,49 @@ static inline real htaf_value_of(const struct htaf_parts *h, int64_t j) {
 static inline real htaf_slope_of(const struct htaf_parts *h, int64_t j) {
     real e = h->e[j], q = 1 / (1 + e);
     return (e * q * q) * h->k[j];
+}
+
+/* HTAF's last stage over a block of n: y[j] = HTAF (y not NULL) and d[j] = s·HTAF', times gin[j]
+ * when gin is not NULL (d not NULL).  stream: the outputs are large (htaf_streams); on AVX-512,
+ * with n a multiple of 16 and y, d 64-byte aligned, they are written with streaming stores
+ * straight from the registers, the same operations in the same order (the same bits) as the
+ * loops below.  Unlike the cheap ops (stream_copy from a block buffer: two more instructions per
+ * vector, which made HTAF slower), this gained: forward with slope at 16M elements, one thread,
+ * 12.4 → 10.6 ms (A/B in one process). */
+static void htaf_finish(const struct htaf_parts *restrict h, int64_t n, const real *restrict gin,
+                        real *restrict y, real *restrict d, int stream) {
+#ifdef HTAF_AVX512
+    if (stream && n % 16 == 0 && !(((uintptr_t)y | (uintptr_t)d) & 63)) {
+        const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j += 16) {
+            __m512 e = _mm512_load_ps(h->e + j), q = _mm512_div_ps(one, _mm512_add_ps(one, e));
+            __m512 eq = _mm512_mul_ps(e, q);
+            if (y) {
+                __mmask16 up = _mm512_cmp_ps_mask(_mm512_load_ps(h->z + j), zero, _CMP_GE_OQ);
+                _mm512_stream_ps(y + j, _mm512_mask_blend_ps(up, eq, q));
+            }
+            if (d) {
+                __m512 slope = _mm512_mul_ps(_mm512_mul_ps(eq, q), _mm512_load_ps(h->k + j));
+                _mm512_stream_ps(d + j, gin ? _mm512_mul_ps(_mm512_loadu_ps(gin + j), slope) : slope);
+            }
+        }
+        return;
+    }
+#else
+    (void)stream;
+#endif
+    if (y && d) {
+        for (int64_t j = 0; j < n; ++j) {
+            y[j] = htaf_value_of(h, j);
+            d[j] = htaf_slope_of(h, j);
+        }
+    } else if (y) {
+        for (int64_t j = 0; j < n; ++j) y[j] = htaf_value_of(h, j);
+    } else if (gin) {
+        for (int64_t j = 0; j < n; ++j) d[j] = gin[j] * htaf_slope_of(h, j);
+    } else {
+        for (int64_t j = 0; j < n; ++j) d[j] = htaf_slope_of(h, j);
+    }
 }
 
 static inline real clamp0(real v) { return v < 0 ? 0 : v; }   /* NaN stays NaN */
@@ -517,21 +571,19 @@ static inline real swish_d(real x, real p, real c) {
 #define D_SIGMOID(x)   sigmoid_d(x, c0, c1)
 #define D_SWISH(x)     swish_d(x, c0, c1)
 
-/* out[j] = gin[j]·(scale·g'(u[j])), or scale·g'(u[j]) when gin is NULL */
+/* out[j] = gin[j]·(scale·g'(u[j])), or scale·g'(u[j]) when gin is NULL; stream: HTAF's
+ * outputs are large (htaf_finish) */
 static void surrogate_block(int kind, const real *c, real scale, const real *restrict u,
-                            const real *restrict gin, real *restrict out, int64_t n) {
+                            const real *restrict gin, real *restrict out, int64_t n,
+                            int stream) {
     const real c0 = c[0], c1 = c[1], c2 = c[2];
     if (kind == 0) {   /* HTAF, in stages (htaf_stages) of at most BLK elements */
         struct htaf_parts h;
         const struct htaf_k hk = htaf_constants(c0, c1, c2, scale);
         for (int64_t i = 0; i < n; i += BLK) {
             const int64_t m = n - i < BLK ? n - i : BLK;
-            real *restrict o = out + i;
             htaf_stages(u + i, &hk, m, &h);
-            if (gin)
-                for (int64_t j = 0; j < m; ++j) o[j] = gin[i + j] * htaf_slope_of(&h, j);
-            else
-                for (int64_t j = 0; j < m; ++j) o[j] = htaf_slope_of(&h, j);
+            htaf_finish(&h, m, gin ? gin + i : NULL, NULL, out + i, stream);
         }
         return;
     }
@@ -611,10 +663,10 @@ static void forward_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i += BLK) {
         int64_t n = hi - i < BLK ? hi - i : BLK;
         const real *restrict x = view_in(k->dt, k->x, i, xb, n);
-        real *restrict y = view_out(k->dt, k->stream, k->out, i, yb);
+        real *restrict y = view_out(k->dt, 0, k->out, i, yb);
         htaf_stages(x, &k->hk, n, &h);
-        for (int64_t j = 0; j < n; ++j) y[j] = htaf_value_of(&h, j);
-        flush_out(k->dt, k->stream, yb, k->out, i, n);
+        htaf_finish(&h, n, NULL, y, NULL, k->stream);
+        flush_out(k->dt, 0, yb, k->out, i, n);
     }
     stream_fence(k->stream);
 }
@@ -626,15 +678,12 @@ static void forward_grad_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i += BLK) {
         int64_t n = hi - i < BLK ? hi - i : BLK;
         const real *restrict x = view_in(k->dt, k->x, i, xb, n);
-        real *restrict y = view_out(k->dt, k->stream, k->out, i, yb);
-        real *restrict d = view_out(k->dt, k->stream, k->g_out, i, db);
+        real *restrict y = view_out(k->dt, 0, k->out, i, yb);
+        real *restrict d = view_out(k->dt, 0, k->g_out, i, db);
         htaf_stages(x, &k->hk, n, &h);
-        for (int64_t j = 0; j < n; ++j) {
-            y[j] = htaf_value_of(&h, j);
-            d[j] = htaf_slope_of(&h, j);
-        }
-        flush_out(k->dt, k->stream, yb, k->out, i, n);
-        flush_out(k->dt, k->stream, db, k->g_out, i, n);
+        htaf_finish(&h, n, NULL, y, d, k->stream);
+        flush_out(k->dt, 0, yb, k->out, i, n);
+        flush_out(k->dt, 0, db, k->g_out, i, n);
     }
     stream_fence(k->stream);
 }
@@ -646,9 +695,10 @@ static void backward_range(void *p, int64_t lo, int64_t hi) {
         int64_t n = hi - i < BLK ? hi - i : BLK;
         const real *x = view_in(k->dt, k->x, i, xb, n);
         const real *g = view_in(k->dt, k->g, i, gb, n);
-        real *o = view_out(k->dt, k->stream, k->out, i, ob);
-        surrogate_block(k->kind, k->c, k->scale, x, g, o, n);
-        flush_out(k->dt, k->stream, ob, k->out, i, n);
+        const int buffered = k->stream && k->kind != 0;   /* HTAF streams from registers */
+        real *o = view_out(k->dt, buffered, k->out, i, ob);
+        surrogate_block(k->kind, k->c, k->scale, x, g, o, n, k->stream);
+        flush_out(k->dt, buffered, ob, k->out, i, n);
     }
     stream_fence(k->stream);
 }
@@ -688,7 +738,8 @@ void htaf_step(const void *x, void *y, int64_t n, int dt, int signed_, int nthre
 
 void htaf_forward(const void *x, void *y, int64_t n, int dt, double a, double b, double g,
                   int nthreads) {
-    struct ew_ctx k = {.x = x, .out = y, .dt = dt, .hk = htaf_constants(a, b, g, 1)};
+    struct ew_ctx k = {.x = x, .out = y, .dt = dt, .stream = htaf_streams(n, dt),
+                       .hk = htaf_constants(a, b, g, 1)};
     parallel_for(forward_range, &k, n, GRAIN_MATH, 64, nthreads);
 }
 
@@ -697,7 +748,7 @@ void htaf_forward(const void *x, void *y, int64_t n, int dt, double a, double b,
  * is then grad·d, and smooth HTAF evaluates them once per element instead of twice. */
 void htaf_forward_grad(const void *x, void *y, void *d, int64_t n, int dt, double a, double b,
                        double g, double scale, int nthreads) {
-    struct ew_ctx k = {.x = x, .out = y, .g_out = d, .dt = dt,
+    struct ew_ctx k = {.x = x, .out = y, .g_out = d, .dt = dt, .stream = htaf_streams(n, dt),
                        .hk = htaf_constants(a, b, g, scale)};
     parallel_for(forward_grad_range, &k, n, GRAIN_MATH, 64, nthreads);
 }
@@ -707,7 +758,8 @@ void htaf_surrogate_backward(const void *grad, const void *x, void *out, int64_t
                              int kind, double c0, double c1, double c2, double scale,
                              int nthreads) {
     struct ew_ctx k = {.x = x, .g = grad, .out = out, .dt = dt, .kind = kind,
-                       .stream = grain_of(kind) != GRAIN_MATH && streams(n, dt),
+                       .stream = kind == 0 ? htaf_streams(n, dt)
+                                 : grain_of(kind) != GRAIN_MATH && streams(n, dt),
                        .c = {(real)c0, (real)c1, (real)c2},
                        .scale = (real)scale};
     parallel_for(backward_range, &k, n, grain_of(kind), 64, nthreads);
@@ -888,7 +940,7 @@ static void lif_bwd_range(void *p, int64_t lo, int64_t hi) {
         for (int64_t t = T - 1; t >= 0; --t) {
             const real *restrict h = hbuf + t * B;
             for (int64_t j = 0; j < n; ++j) u[j] = h[j] - c->v_th;
-            surrogate_block(c->kind, c->c, c->scale, u, NULL, sg, n);
+            surrogate_block(c->kind, c->c, c->scale, u, NULL, sg, n, 0);
             const int64_t off = t * N + j0;
             const real *gs = view_in(c->dt, c->gs, off, gb, n);
             real *gx = view_out(c->dt, 0, c->gx, off, ob);
