@@ -510,20 +510,26 @@ torch.save({"openmp": cpu.uses_openmp(), "outs": outs}, sys.argv[1])
 """
 
 
-def test_openmp_and_pthread_builds_agree(tmp_path):
-    """The kernels share PyTorch's OpenMP pool where the compiler has -fopenmp; HTAF_NO_OPENMP=1
-    builds the pthread fallback. Both give the same bits with two threads."""
+def _two_builds(tmp_path, script: str, flag: str, threads: int) -> list[dict]:
+    """What ``script`` saves (to the path it is given) in a fresh process with the environment
+    variable ``flag`` set to 0, then to 1: the two builds of the library."""
     import os
     import subprocess
     import sys
 
     results = []
-    for no_openmp in ("0", "1"):
-        out = tmp_path / f"{no_openmp}.pt"
-        env = dict(os.environ, HTAF_NO_OPENMP=no_openmp, OMP_NUM_THREADS="2")
-        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(out)], env=env, check=True,
-                       timeout=300)
+    for value in ("0", "1"):
+        out = tmp_path / f"{flag}{value}.pt"
+        env = dict(os.environ, **{flag: value}, OMP_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=300)
         results.append(torch.load(out))
+    return results
+
+
+def test_openmp_and_pthread_builds_agree(tmp_path):
+    """The kernels share PyTorch's OpenMP pool where the compiler has -fopenmp; HTAF_NO_OPENMP=1
+    builds the pthread fallback. Both give the same bits with two threads."""
+    results = _two_builds(tmp_path, _THREADS_SCRIPT, "HTAF_NO_OPENMP", threads=2)
     assert results[1]["openmp"] is False
     for a, b in zip(results[0]["outs"], results[1]["outs"]):
         assert torch.equal(a, b)
@@ -597,20 +603,13 @@ def test_avx512_and_portable_builds_agree_bit_for_bit(tmp_path):
     same bits: values and slopes over the whole range (tails down into the subnormals, ±inf,
     NaN, ±0), four parameter sets (β = 0 included), odd lengths and offsets. On a CPU without
     AVX-512 both builds are the portable C and the test checks only that."""
-    import os
-    import subprocess
-    import sys
+    from pathlib import Path
 
-    results = []
-    for no_simd in ("0", "1"):
-        out = tmp_path / f"{no_simd}.pt"
-        env = dict(os.environ, HTAF_NO_SIMD=no_simd, OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-c", _SIMD_SCRIPT, str(out)], env=env, check=True,
-                       timeout=300)
-        results.append(torch.load(out))
+    results = _two_builds(tmp_path, _SIMD_SCRIPT, "HTAF_NO_SIMD", threads=1)
     assert results[1]["avx512"] is False
-    assert results[0]["avx512"] is ("avx512f" in open("/proc/cpuinfo").read().split()
-                                    if os.path.exists("/proc/cpuinfo") else results[0]["avx512"])
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        assert results[0]["avx512"] is ("avx512f" in cpuinfo.read_text().split())
     for a, b in zip(results[0]["outs"], results[1]["outs"]):
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
 
