@@ -11,10 +11,12 @@
  * Vectorisation without -ffast-math (which would break NaN and inf): every per-element function
  * is branch-free C (selects written as ?:) that gcc/clang vectorise at -O3, and the only
  * transcendental, exp, is our own polynomial for float32 (exp_nonpos, and exp2_nonpos for HTAF).
- * Every caller passes it a non-positive argument (−|·| or −(·)²), so it never overflows.  One
- * exception to "the compiler vectorises": HTAF's two base-2 exponentials on AVX-512 (exp2_v16,
- * below), written with intrinsics for two instructions no compiler emits from C; they give the
- * same bits as the portable C (HTAF_NO_SIMD=1 builds that path; tests compare the two).
+ * Every caller passes it a non-positive argument (−|·| or −(·)²), so it never overflows.  The
+ * exceptions to "the compiler vectorises" are intrinsics for what no compiler emits from C:
+ * HTAF's two base-2 exponentials on AVX-512 (exp2_v16: vrndscaleps, vscalefps) and the streaming
+ * stores of large outputs (stream_copy on x86; htaf_finish for HTAF on AVX-512).  They give the
+ * same bits as the portable C (HTAF_NO_SIMD=1 builds that path, htaf_cpu_set_stream_min moves
+ * the streaming threshold; tests compare them).
  *
  * Threads: OpenMP where the compiler has it (sharing PyTorch's pool: see parallel_for), else a
  * pthread per piece.  A call splits its range into at most `nthreads` contiguous pieces
