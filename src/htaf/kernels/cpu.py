@@ -23,7 +23,7 @@ C++) ran 1.3–3× slower in the same benchmark and compiles per new graph and s
 e^v for v ≤ 0, is our own branch-free polynomial (about 1 ulp; subnormal results correctly
 rounded), with NaN and ±inf handled explicitly; every loop is vectorised by the compiler
 (``-O3 -march=native``, falling back to ``-O3``), except HTAF's two base-2 exponentials on AVX-512,
-written with intrinsics (``vscalefps``, ``vrndscaleps``: 15 % of HTAF's time) and giving the same
+written with intrinsics (``vscalefps``, ``vrndscaleps``: HTAF 15 % faster) and giving the same
 bits as the portable C, which ``HTAF_NO_SIMD=1`` builds instead. Outputs of 32 MiB or more are
 written with streaming stores (x86; HTAF's only on AVX-512), which skip reading each line before
 writing it (:func:`set_stream_min_bytes`).

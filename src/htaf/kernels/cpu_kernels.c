@@ -103,7 +103,6 @@ static void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int64
 #endif
 }
 
-/* 1 when the pieces run on OpenMP threads (PyTorch's pool), 0 with a pthread per piece */
 /* 1 where HTAF's exponentials run the AVX-512 intrinsics (exp2_v16), 0 on the portable C. */
 int htaf_cpu_avx512(void) {
 #ifdef HTAF_AVX512
@@ -113,6 +112,7 @@ int htaf_cpu_avx512(void) {
 #endif
 }
 
+/* 1 when the pieces run on OpenMP threads (PyTorch's pool), 0 with a pthread per piece */
 int htaf_cpu_threading(void) {
 #ifdef _OPENMP
     return 1;
@@ -252,7 +252,8 @@ static inline const real *view_in(int dt, const void *src, int64_t off, real *bu
  * and 4.8–5.5 (PyTorch's copy_, benchmarks/bench_cpu.py's yardstick: 5.5 ms).  Through the
  * kernels (interleaved, best of 25): step 5.9 → 5.3 ms, product 11.5 → 10.4, atan's backward
  * 10.5 → 10.1; but HTAF's forward with slope 10.9 → 12.3 and its backward 12.1 → 13.5, so HTAF
- * (and swish_sign), where the arithmetic overlaps the ordinary stores' reads, do not stream.
+ * does not stream through the buffer (the copy adds instructions where their number bounds
+ * it): on AVX-512 it streams from the registers (htaf_finish), elsewhere not; swish_sign never.
  * x86 only (SSE2 / AVX / AVX-512 streams of 16 / 32 / 64 bytes); elsewhere plain copies. */
 static int64_t stream_min = (int64_t)32 << 20;
 
