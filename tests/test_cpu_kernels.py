@@ -249,6 +249,57 @@ def test_smooth_htaf_saves_its_derivative_on_the_cpu(dtype, signed):
         close(saved[0], ref.htaf_backward(torch.ones_like(x), x, *s.params, 2.0 if signed else 1.0))
 
 
+def _smooth_grads(x, g, **grad_kw):
+    """(y, dx, ptr): smooth HTAF's value and gradient, and the address of the derivative it
+    saved (looked at through ``grad_fn.saved_tensors`` and let go before the backward)."""
+    y = F.htaf(x, 0.3, 5.0, 2.0)
+    ptr = y.grad_fn.saved_tensors[0].data_ptr()
+    (dx,) = torch.autograd.grad(y, x, g, **grad_kw)
+    return y, dx, ptr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_smooth_htaf_backward_writes_into_its_saved_derivative(dtype):
+    """When the graph is freed (no retain_graph, no create_graph, no saved-tensor hooks) the
+    backward's product grad·HTAF' goes into the saved derivative's own memory (no new tensor);
+    the numbers are those of the out-of-place product, for a dense, an expanded (``sum()``'s)
+    and a transposed gradient."""
+    x0 = torch.cat([sample(999, dtype), torch.tensor(SPECIAL, dtype=torch.float64).to(dtype)])
+    d = cpu.htaf_forward_grad(x0, 0.3, 5.0, 2.0, 1.0)[1]
+    x = x0.clone().requires_grad_()
+    for g in (sample(x.numel(), dtype, 1.0, seed=5), torch.ones(()).to(dtype).expand(x.shape)):
+        _, dx, ptr = _smooth_grads(x, g)
+        assert dx.data_ptr() == ptr
+        assert torch.equal(dx.nan_to_num(7), (g * d).nan_to_num(7))
+    xt = x0[:1000].reshape(40, 25).t().detach().requires_grad_()   # non-contiguous x and grad
+    gt = sample(1000, dtype, 1.0, seed=6).reshape(25, 40)             # contiguous: another layout
+    _, dx, ptr = _smooth_grads(xt, gt)
+    assert dx.data_ptr() == ptr and dx.stride() == xt.stride()
+    assert torch.equal(dx, gt * cpu.htaf_forward_grad(xt.detach(), 0.3, 5.0, 2.0, 1.0)[1])
+
+
+def test_smooth_htaf_keeps_its_saved_derivative_when_it_may_be_read_again():
+    """retain_graph (a second backward reads HTAF' again), create_graph, and saved-tensor
+    hooks (the hook's object may be kept elsewhere): the product goes into a new tensor, and
+    every backward gives the same gradient."""
+    x = sample(1000, torch.float32).requires_grad_()
+    g = sample(1000, torch.float32, 1.0, seed=5)
+    want = g * cpu.htaf_forward_grad(x.detach(), 0.3, 5.0, 2.0, 1.0)[1]
+    y = F.htaf(x, 0.3, 5.0, 2.0)
+    first = torch.autograd.grad(y, x, g, retain_graph=True)[0]
+    second = torch.autograd.grad(y, x, g)[0]
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert first.data_ptr() != second.data_ptr()
+    _, dx, ptr = _smooth_grads(x, g, create_graph=True, retain_graph=False)
+    assert dx.data_ptr() != ptr and torch.equal(dx.detach(), want)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        y = F.htaf(x, 0.3, 5.0, 2.0)
+    before = kept[0].clone()
+    (dx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(dx, want) and torch.equal(kept[0], before)
+
+
 def test_glibc_told_never_to_mmap_lifts_the_limit(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")

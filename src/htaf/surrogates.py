@@ -335,18 +335,39 @@ class _BinaryFunction(torch.autograd.Function):
 class _SmoothHTAFFunction(torch.autograd.Function):
     """Smooth HTAF where its derivative is cheaper to save than to recompute (the CPU kernels:
     :func:`htaf.kernels.saves_derivative`): the forward evaluates HTAF and HTAF' together and
-    saves the derivative (the size of ``x``, which is then not saved); the backward multiplies."""
+    saves the derivative (the size of ``x``, which is then not saved); the backward multiplies,
+    into the derivative's own memory when nothing can read it again (:func:`_consumable`)."""
 
     @staticmethod
     def forward(ctx, x, params, signed, scale):
         y, d = kernels.htaf_forward_grad(x, params, scale)
         ctx.save_for_backward(d)
+        ctx.plain_save = not torch.compiler.is_compiling() and _no_saved_tensor_hooks()
         return 2.0 * y - 1.0 if signed else y
 
     @staticmethod
     def backward(ctx, grad):
         (d,) = ctx.saved_tensors
-        return kernels.times_saved(grad, d), None, None, None
+        return kernels.times_saved(grad, d, consume=_consumable(ctx)), None, None, None
+
+
+# Private PyTorch functions (present in 2.4-2.14; AOTAutograd and checkpointing use them).
+_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def _no_saved_tensor_hooks() -> bool:
+    """No ``torch.autograd.graph.saved_tensors_hooks`` (checkpointing, offloading) is active:
+    what a backward unpacks is then the tensor the forward saved, not a hook's object."""
+    return _top_hooks is not None and _top_hooks(False) is None
+
+
+def _consumable(ctx) -> bool:
+    """In a backward: the tensor ``ctx`` saved is read by nobody after it. True when the forward
+    saved it without hooks, in eager mode, and this backward frees the graph (no ``retain_graph``): the saved
+    tensor is then released right after, and a second backward through it raises. (One way to
+    see it remains, ``grad_fn.saved_tensors`` before the backward; that view then changes.)"""
+    return ctx.plain_save and _keep_graph is not None and not _keep_graph()
 
 
 # ------------------------------------------------------------------------------ the surrogates
