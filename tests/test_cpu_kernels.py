@@ -788,6 +788,10 @@ def test_benchmark_tables_and_docs_markers(tmp_path):
     table = bench.markdown({"activations": [both], "lif": []})
     assert "(median of 3 runs, range)" in table and "| htaf (smooth) | 1.20× (0.80–2.00) |" in table
     assert bench.combine_runs([one(1.0, 3.0)]) == one(1.0, 3.0)
+    assert "warm" not in table      # older JSON without the warm copy: no such line
+    warm = [dict(one(1.0, 3.0), ideal_warm_ms=w) for w in (0.5, 0.9, 0.7)]
+    table = bench.markdown({"activations": [bench.combine_runs(warm)], "lif": []})
+    assert "| *ideal, warm (2.5 × copy_ repeated back to back)* | 0.70 ms |" in table
     with pytest.raises(SystemExit):
         bench.parse_args(["--runs", "0"])
     doc = tmp_path / "k.md"
