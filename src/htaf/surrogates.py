@@ -364,10 +364,13 @@ def _no_saved_tensor_hooks() -> bool:
 
 def _consumable(ctx) -> bool:
     """In a backward: the tensor ``ctx`` saved is read by nobody after it. True when the forward
-    saved it without hooks, in eager mode, and this backward frees the graph (no ``retain_graph``): the saved
-    tensor is then released right after, and a second backward through it raises. (One way to
-    see it remains, ``grad_fn.saved_tensors`` before the backward; that view then changes.)"""
-    return ctx.plain_save and _keep_graph is not None and not _keep_graph()
+    saved it without hooks, forward and backward run eagerly (not traced: compiled autograd
+    included), and this backward frees the graph (no ``retain_graph``): the saved tensor is then
+    released right after, and a second backward through it raises. (The one way to reach it
+    beforehand is ``y.grad_fn.saved_tensors``; a tensor taken from there changes in the
+    backward.)"""
+    return (ctx.plain_save and _keep_graph is not None and not torch.compiler.is_compiling()
+            and not _keep_graph())
 
 
 # ------------------------------------------------------------------------------ the surrogates
