@@ -278,10 +278,12 @@ def test_smooth_htaf_backward_writes_into_its_saved_derivative(dtype):
     assert torch.equal(dx, gt * cpu.htaf_forward_grad(xt.detach(), 0.3, 5.0, 2.0, 1.0)[1])
 
 
-def test_smooth_htaf_keeps_its_saved_derivative_when_it_may_be_read_again():
-    """retain_graph (a second backward reads HTAF' again), create_graph, and saved-tensor
-    hooks (the hook's object may be kept elsewhere): the product goes into a new tensor, and
-    every backward gives the same gradient."""
+def test_smooth_htaf_keeps_its_saved_derivative_when_it_may_be_read_again(monkeypatch):
+    """retain_graph (a second backward reads HTAF' again), create_graph, saved-tensor hooks
+    (the hook's object may be kept elsewhere), and a PyTorch without the private function that
+    says whether the graph is kept: the product goes into a new tensor, and every backward gives
+    the same gradient."""
+    from htaf import surrogates
     x = sample(1000, torch.float32).requires_grad_()
     g = sample(1000, torch.float32, 1.0, seed=5)
     want = g * cpu.htaf_forward_grad(x.detach(), 0.3, 5.0, 2.0, 1.0)[1]
@@ -298,6 +300,9 @@ def test_smooth_htaf_keeps_its_saved_derivative_when_it_may_be_read_again():
     before = kept[0].clone()
     (dx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(dx, want) and torch.equal(kept[0], before)
+    monkeypatch.setattr(surrogates, "_keep_graph", None)
+    _, dx, ptr = _smooth_grads(x, g)
+    assert dx.data_ptr() != ptr and torch.equal(dx, want)
 
 
 def test_glibc_told_never_to_mmap_lifts_the_limit(monkeypatch):
