@@ -202,8 +202,8 @@ def bench_activations(size: int, threads: int, reps: int, reference_reps: int,
     # The table's copy_ writes into a buffer no other row touches, so whatever ran before it
     # has often evicted that buffer, while the rows' outputs reuse the heap blocks the previous
     # row just freed. Its own repetition, back to back, is the other end: both tensors as warm
-    # as they can be (the L3 at 1M elements, DRAM at 16M; not with --cold).
-    warm = interleaved_times({"copy_": fns["copy_"]}, reps, before=before)["copy_"]["min"]
+    # as they can be (the L3 at 1M elements, DRAM at 16M), with --cold too.
+    warm = interleaved_times({"copy_": fns["copy_"]}, reps)["copy_"]["min"]
     out = {"size": size, "threads": threads, "copy_ms": times["copy_"]["min"], "ideal_ms": ideal,
            "copy_median_ms": times["copy_"]["median"], "ideal_warm_ms": 2.5 * warm,
            "rows": [{"name": name, "ms": times[name]["min"], "x_ideal": times[name]["min"] / ideal,

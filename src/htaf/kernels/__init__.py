@@ -126,11 +126,11 @@ def times_saved(grad: torch.Tensor, d: torch.Tensor, consume: bool = False) -> t
     CPU tensors of one dtype and shape :func:`htaf.kernels.cpu.mul` (into
     :func:`cpu_pool.empty_like`'s memory, no page faults; streaming stores, no read of the
     output's lines), elsewhere ``grad * d``. What writing in place gains: docs/kernels.md."""
-    same = grad.dtype == d.dtype and grad.shape == d.shape
-    if consume and same and not torch.is_grad_enabled() and _direct(grad, d):
-        return d.mul_(grad)
-    if d.numel() * d.element_size() >= cpu_pool.MIN_BYTES and same and _direct(grad, d):
-        return cpu.mul(grad, d)
+    if grad.dtype == d.dtype and grad.shape == d.shape and _direct(grad, d):
+        if consume and not torch.is_grad_enabled():
+            return d.mul_(grad)
+        if d.numel() * d.element_size() >= cpu_pool.MIN_BYTES:
+            return cpu.mul(grad, d)
     return grad * d
 
 
