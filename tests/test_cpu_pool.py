@@ -5,6 +5,8 @@ switch, and tensors that behave as any other (autograd, in-place ops, save)."""
 from __future__ import annotations
 
 import io
+import mmap
+import os
 
 import pytest
 import torch
@@ -161,3 +163,35 @@ def test_lif_outputs_come_from_the_pool_with_equal_results(small_pool, monkeypat
     monkeypatch.setenv("HTAF_CPU_POOL_MB", "0")
     s2, v2 = cpu.lif_forward(x, v0, 0.5, 1.0, 0.0, True, True, True)
     assert torch.equal(s, s2) and torch.equal(v, v2)
+
+
+def _vm_flags(address: int) -> set[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps")
+                    or not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+                    reason="needs Linux with transparent huge pages (MADV_HUGEPAGE, /proc/self/smaps)")
+@pytest.mark.parametrize("advise", ["1", "0"])
+def test_new_mappings_are_advised_huge_pages_unless_turned_off(small_pool, monkeypatch, advise):
+    """Each new mapping carries the kernel's huge-page advice ("hg" in its VmFlags) by default;
+    HTAF_CPU_POOL_HUGEPAGES=0 leaves it without; a bad value is named."""
+    monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", advise)
+    out = cpu_pool.empty_like(torch.zeros(1 << 15))
+    assert _from_pool(out)
+    out.fill_(1.0)
+    assert ("hg" in _vm_flags(out.data_ptr())) == (advise == "1")
+    assert torch.equal(out, torch.ones(1 << 15))
+    monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", "yes")
+    with pytest.raises(ValueError, match="HTAF_CPU_POOL_HUGEPAGES"):
+        cpu_pool.empty_like(torch.zeros(1 << 15))
