@@ -469,8 +469,9 @@ def main(argv=None) -> dict:
         allocators.append(keep_freed_memory())
     allocator = "; ".join(allocators) or "default"
     allocator += ("; htaf's pool for outputs of 32 MiB or more (HTAF_CPU_POOL_MB="
-                  f"{kernels.cpu_pool.idle_cap() >> 20})" if kernels.cpu_pool.enabled()
-                  else "; htaf's pool off")
+                  f"{kernels.cpu_pool.idle_cap() >> 20}"
+                  + (", huge pages advised" if kernels.cpu_pool.hugepages() else "") + ")"
+                  if kernels.cpu_pool.enabled() else "; htaf's pool off")
     cold = ColdCaches(args.cold)
     threads0 = torch.get_num_threads()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.lif_shapes.split(",")]
