@@ -6,6 +6,7 @@ backward (forward as above; backward reads grad and x, writes dx). Rows:
 
 * ``fused htaf``         ``htaf.functional.htaf`` (smooth) — the Triton kernels on CUDA
 * ``fused heaviside``    ``htaf.functional.heaviside`` (forward 1[x ≥ 0], backward HTAF')
+* ``fused heaviside (atan)`` … one row per baseline surrogate (``--no-baselines`` drops them)
 * ``eager htaf`` / ``eager heaviside``        the same formulas written plainly in PyTorch
 * ``compiled htaf`` / ``compiled heaviside``  ``torch.compile`` of those plain formulas
 
@@ -31,9 +32,14 @@ from pathlib import Path
 
 import torch
 
-import htaf
-from htaf import functional as F
-from htaf import kernels
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BASELINES  # noqa: E402 - benchmarks/ is on sys.path above
+
+import htaf  # noqa: E402 - src/ is on sys.path above
+from htaf import functional as F  # noqa: E402
+from htaf import kernels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_activation.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,11 +56,14 @@ def plain_heaviside(x, alpha, beta, gamma):
     return soft + ((x >= 0).to(x.dtype) - soft).detach()
 
 
-def contenders(alpha, beta, gamma, compile_):
+def contenders(alpha, beta, gamma, compile_, baselines=True):
     fused = {
         "fused htaf": lambda x: F.htaf(x, alpha, beta, gamma),
         "fused heaviside": lambda x: F.heaviside(x, "htaf", alpha=alpha, beta=beta, gamma=gamma),
     }
+    if baselines:   # each peer's surrogate, straight-through, at its own default scale
+        fused.update({f"fused heaviside ({name})": (lambda x, n=name: F.heaviside(x, n))
+                      for name in BASELINES})
     plain = {"htaf": plain_htaf, "heaviside": plain_heaviside}
     rows = dict(fused)
     for name, fn in plain.items():
@@ -161,6 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=100,
                    help="timed calls (at least 100 ms of them on CUDA)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile rows")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="leave out the baseline surrogates' straight-through rows")
     p.add_argument("--json", type=Path, default=None,
                    help=f"where to write results (default on CUDA: {RESULTS})")
     args = p.parse_args(argv)
@@ -182,7 +193,8 @@ def main(argv=None) -> dict:
     else:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         name = "CPU"
-        path = "PyTorch reference (CPU: no Triton kernels; a smoke run, not a measurement)"
+        path = ("native C kernels where built, else the PyTorch reference (CPU: a smoke run, "
+                "not a measurement; benchmarks/bench_cpu.py measures the CPU)")
     try:
         import triton
 
@@ -194,7 +206,8 @@ def main(argv=None) -> dict:
           f"shape ({args.size},) | dtypes {args.dtypes} | "
           f"α={args.alpha:g} β={args.beta:g} γ={args.gamma:g}")
 
-    rows = contenders(args.alpha, args.beta, args.gamma, not args.skip_compile)
+    rows = contenders(args.alpha, args.beta, args.gamma, not args.skip_compile,
+                      not args.no_baselines)
     measure = timer(device, args.reps)
     copies, results = {}, []
     for key in args.dtypes.split(","):

@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_name, snntorch_rows  # noqa: E402 - benchmarks/ is on sys.path above
+from common import BASELINES, cpu_name, snntorch_rows  # noqa: E402 - benchmarks/ is on sys.path above
 
 from htaf import functional as F
 from htaf import kernels
@@ -56,8 +56,6 @@ from htaf.kernels import cpu
 from htaf.nn import LIFNode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_cpu.json"
-BASELINES = ("sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadratic",
-             "piecewise_exp", "erf", "triangle", "rect", "ste", "approx_sign", "swish_sign")
 
 
 # ----------------------------------------------------------------------------- timing

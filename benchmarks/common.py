@@ -1,10 +1,15 @@
-"""What several benchmarks share: this CPU's name and the snnTorch LIF row of the peer tables."""
+"""What several benchmarks share: the baseline surrogates, this CPU's name and the snnTorch LIF
+row of the peer tables."""
 
 from __future__ import annotations
 
 import torch
 
 from htaf._build import cpu_summary
+
+#: The peers' surrogates behind the same API: every benchmark's baseline rows, in this order.
+BASELINES = ("sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadratic",
+             "piecewise_exp", "erf", "triangle", "rect", "ste", "approx_sign", "swish_sign")
 
 
 def cpu_name() -> str:

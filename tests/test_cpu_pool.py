@@ -170,7 +170,7 @@ def _vm_flags(address: int) -> set[str]:
     inside = False
     with open("/proc/self/smaps") as f:
         for line in f:
-            head = line.split()[0]
+            head = (line.split() or [""])[0]
             if "-" in head and not head.endswith(":"):
                 lo, hi = (int(v, 16) for v in head.split("-"))
                 inside = lo <= address < hi
