@@ -515,8 +515,15 @@ def test_compiled_run_matches_eager(tmp_path, digits):
     kw = {"epochs": 3, "out_dir": None}
     eager = train(_config(tmp_path, **kw), dataset=digits)
     compiled = train(_config(tmp_path, compile=True, **kw), dataset=digits)
+    # Inductor reorders the float arithmetic of the linear layers, BatchNorm and the loss, so the
+    # runs agree closely while γ is small (measured: to 1e-4 over two epochs) ...
+    for e, c in zip(eager.history[:2], compiled.history[:2]):
+        for key in ("train_loss", "val_loss", "val_acc", "hard_val_acc"):
+            assert c[key] == pytest.approx(e[key], abs=2e-3), (key, e["epoch"])
+    # ... and drift apart once γ → 30 makes every unit a near-step that a last-bit difference
+    # can flip (measured: hard val acc 0.854 eager, 0.917 compiled after the third epoch).
     for key in ("train_loss", "val_acc", "hard_val_acc"):
-        assert compiled.metrics[key] == pytest.approx(eager.metrics[key], abs=0.03), key
+        assert compiled.metrics[key] == pytest.approx(eager.metrics[key], abs=0.1), key
 
 
 @pytest.mark.gpu
