@@ -135,7 +135,10 @@ PYEOF
 fi
 
 if wants tests; then
-    stage gpu_tests 150 "$PY" -m pytest -m gpu -x -n 0 --timeout 120 -p no:cacheprovider tests
+    # -vv: one line per test as it ends (the addopts say -q), so a cut-short stage still shows
+    # which passed; --durations: what a later call should budget for
+    stage gpu_tests 150 "$PY" -m pytest -m gpu -x -n 0 -vv --durations 15 --timeout 120 \
+        -p no:cacheprovider tests
     stage cpu_suite 150 "$PY" -m pytest -x -n 8 --timeout 120 -p no:cacheprovider -m "not slow and not gpu" tests
 fi
 
