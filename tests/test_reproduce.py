@@ -139,6 +139,24 @@ def test_speed_rows_read_the_bnn_benchmark_layout():
         "2.00 ms; float PyTorch 16.00 ms (8.0×), ORT fp32 12.00 ms (6.0×), ORT int8 8.00 ms (4.0×)")
 
 
+def test_speed_rows_summarize_the_gpu_benchmark_baselines_per_dtype():
+    def row(impl, dtype, ratio, saved=1.0):
+        return {"impl": impl, "dtype": dtype, "fwd_ratio": ratio - 0.02, "fwdbwd_ratio": ratio,
+                "saved_ratio": saved}
+    rec = {"results": [row("fused htaf", "float32", 1.04), row("eager htaf", "float32", 9.5, 2.0),
+                       row("fused heaviside (atan)", "float32", 1.02),
+                       row("fused heaviside (swish_sign)", "float32", 1.11),
+                       row("fused heaviside (atan)", "bfloat16", 1.03)]}
+    rows = dict(reproduce._speed_rows("bench_activation.json", rec))
+    assert rows["fused htaf (float32)"] == (
+        "fwd 1.02×, fwd+bwd 1.04× ideal; saved for backward 1.00× the input")
+    assert "eager htaf (float32)" in rows and len(rows) == 4
+    assert rows["fused heaviside, 2 baseline surrogates (float32)"] == (
+        "fwd+bwd 1.02–1.11× ideal (slowest: swish_sign)")
+    assert rows["fused heaviside, 1 baseline surrogates (bfloat16)"] == (
+        "fwd+bwd 1.03–1.03× ideal (slowest: atan)")
+
+
 def test_speed_rows_read_the_cpu_benchmark_with_and_without_runs():
     def table(**extra):
         row = lambda name, x: {"name": name, "ms": x, "x_ideal": x, **extra}
