@@ -183,15 +183,19 @@ def _vm_flags(address: int) -> set[str]:
                     or not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
                     reason="needs Linux with transparent huge pages (MADV_HUGEPAGE, /proc/self/smaps)")
 @pytest.mark.parametrize("advise", ["1", "0"])
-def test_new_mappings_are_advised_huge_pages_unless_turned_off(small_pool, monkeypatch, advise):
-    """Each new mapping carries the kernel's huge-page advice ("hg" in its VmFlags) by default;
-    HTAF_CPU_POOL_HUGEPAGES=0 leaves it without; a bad value is named."""
+def test_new_mappings_are_advised_huge_pages_when_asked(small_pool, monkeypatch, advise):
+    """With HTAF_CPU_POOL_HUGEPAGES=1 each new mapping carries the kernel's huge-page advice
+    ("hg" in its VmFlags); with 0, or unset (the default), it does not; a bad value is named."""
     monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", advise)
     out = cpu_pool.empty_like(torch.zeros(1 << 15))
     assert _from_pool(out)
     out.fill_(1.0)
     assert ("hg" in _vm_flags(out.data_ptr())) == (advise == "1")
     assert torch.equal(out, torch.ones(1 << 15))
+    if advise == "0":
+        monkeypatch.delenv("HTAF_CPU_POOL_HUGEPAGES")
+        unset = cpu_pool.empty_like(torch.zeros(1 << 15))
+        assert "hg" not in _vm_flags(unset.data_ptr())
     monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", "yes")
     with pytest.raises(ValueError, match="HTAF_CPU_POOL_HUGEPAGES"):
         cpu_pool.empty_like(torch.zeros(1 << 15))

@@ -9,8 +9,7 @@ surrogates' PyTorch formulas (the references) everywhere else. Set ``HTAF_DISABL
 
 On the CPU, outputs of 32 MiB or more live in memory the kernels keep and reuse
 (:mod:`htaf.kernels.cpu_pool`; ``HTAF_CPU_POOL_MB`` caps the idle part, 0 turns it off,
-:func:`empty_cache` gives it back now; its mappings are advised huge pages unless
-``HTAF_CPU_POOL_HUGEPAGES=0``).
+:func:`empty_cache` gives it back now; ``HTAF_CPU_POOL_HUGEPAGES=1`` asks for huge pages).
 
 The Triton modules are imported on the first CUDA tensor, so ``import htaf`` stays light.
 """

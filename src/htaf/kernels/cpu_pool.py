@@ -17,12 +17,14 @@ pool off and every output comes from ``torch.empty_like``); the rest are unmappe
 they are found free. :func:`empty_cache` unmaps every free mapping now (as
 ``torch.cuda.empty_cache`` does for CUDA's caching allocator), :func:`stats` says what is held.
 
-On Linux each new mapping is advised ``MADV_HUGEPAGE`` (``HTAF_CPU_POOL_HUGEPAGES=0`` turns that
-off): where transparent huge pages are ``always`` or ``madvise`` (most distributions), the kernel
-backs it with 2 MiB pages, 512 times fewer TLB entries for the same bytes. A huge page costs its
-zeroing (and perhaps a compaction) on the first touch, which the pool pays once per mapping
-since it keeps them. What it gains on forward + backward: docs/kernels.md. Where the kernel
-has no huge pages the advice is refused and ignored.
+``HTAF_CPU_POOL_HUGEPAGES=1`` (Linux; off by default) advises each new mapping
+``MADV_HUGEPAGE``: where transparent huge pages are ``always`` or ``madvise``, the kernel backs
+it with 2 MiB pages, 512 times fewer TLB entries for the same bytes, which made memory-bound
+calls 5–12 % faster in the steady state (docs/kernels.md), but a huge page costs its zeroing, and
+often a compaction of memory, on the first touch: the first call of a large LIF took 1.0–1.6 s
+longer, the first step of a CPU CNN ≈1 s longer, and a conv net's later steps gained nothing
+measurable. A per-workload choice, like PyTorch's own ``THP_MEM_ALLOC_ENABLE``: long runs of
+large memory-bound ops gain, short ones lose.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def idle_cap() -> int:
 
 def hugepages() -> bool:
     """Whether the pool advises its new mappings ``MADV_HUGEPAGE`` (``HTAF_CPU_POOL_HUGEPAGES``,
-    default 1; 0 turns it off): Linux only."""
-    raw = os.environ.get("HTAF_CPU_POOL_HUGEPAGES", "1").strip()
+    default 0; 1 turns it on): Linux only."""
+    raw = os.environ.get("HTAF_CPU_POOL_HUGEPAGES", "0").strip()
     if raw not in ("0", "1"):
         raise ValueError(f"HTAF_CPU_POOL_HUGEPAGES must be 1 (advise huge pages) or 0, got {raw!r}")
     return raw == "1" and hasattr(mmap, "MADV_HUGEPAGE")
