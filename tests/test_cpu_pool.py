@@ -185,17 +185,20 @@ def _vm_flags(address: int) -> set[str]:
 @pytest.mark.parametrize("advise", ["1", "0"])
 def test_new_mappings_are_advised_huge_pages_when_asked(small_pool, monkeypatch, advise):
     """With HTAF_CPU_POOL_HUGEPAGES=1 each new mapping carries the kernel's huge-page advice
-    ("hg" in its VmFlags); with 0, or unset (the default), it does not; a bad value is named."""
+    ("hg" in its VmFlags); with 0 it does not; unset, it follows PyTorch's THP_MEM_ALLOC_ENABLE;
+    a bad value is named."""
     monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", advise)
     out = cpu_pool.empty_like(torch.zeros(1 << 15))
     assert _from_pool(out)
     out.fill_(1.0)
     assert ("hg" in _vm_flags(out.data_ptr())) == (advise == "1")
     assert torch.equal(out, torch.ones(1 << 15))
-    if advise == "0":
+    if advise == "0":   # unset: as PyTorch's allocator is told (THP_MEM_ALLOC_ENABLE)
         monkeypatch.delenv("HTAF_CPU_POOL_HUGEPAGES")
-        unset = cpu_pool.empty_like(torch.zeros(1 << 15))
-        assert "hg" not in _vm_flags(unset.data_ptr())
+        for thp in ("0", "1"):
+            monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", thp)
+            unset = cpu_pool.empty_like(torch.zeros(1 << 15))
+            assert ("hg" in _vm_flags(unset.data_ptr())) == (thp == "1")
     monkeypatch.setenv("HTAF_CPU_POOL_HUGEPAGES", "yes")
     with pytest.raises(ValueError, match="HTAF_CPU_POOL_HUGEPAGES"):
         cpu_pool.empty_like(torch.zeros(1 << 15))

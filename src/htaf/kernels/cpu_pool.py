@@ -17,8 +17,8 @@ pool off and every output comes from ``torch.empty_like``); the rest are unmappe
 they are found free. :func:`empty_cache` unmaps every free mapping now (as
 ``torch.cuda.empty_cache`` does for CUDA's caching allocator), :func:`stats` says what is held.
 
-``HTAF_CPU_POOL_HUGEPAGES=1`` (Linux; off by default) advises each new mapping
-``MADV_HUGEPAGE``: where transparent huge pages are ``always`` or ``madvise``, the kernel backs
+``HTAF_CPU_POOL_HUGEPAGES=1`` (Linux; by default only where PyTorch's own allocator is asked for
+huge pages, ``THP_MEM_ALLOC_ENABLE=1``) advises each new mapping ``MADV_HUGEPAGE``: where transparent huge pages are ``always`` or ``madvise``, the kernel backs
 it with 2 MiB pages, 512 times fewer TLB entries for the same bytes, which made memory-bound
 calls 5–12 % faster in the steady state (docs/kernels.md), but a huge page costs its zeroing, and
 often a compaction of memory, on the first touch: the first call of a large LIF took 1.0–1.6 s
@@ -57,9 +57,12 @@ def idle_cap() -> int:
 
 
 def hugepages() -> bool:
-    """Whether the pool advises its new mappings ``MADV_HUGEPAGE`` (``HTAF_CPU_POOL_HUGEPAGES``,
-    default 0; 1 turns it on): Linux only."""
-    raw = os.environ.get("HTAF_CPU_POOL_HUGEPAGES", "0").strip()
+    """Whether the pool advises its new mappings ``MADV_HUGEPAGE`` (Linux only):
+    ``HTAF_CPU_POOL_HUGEPAGES`` (1 or 0) where set, else as PyTorch's own allocator is told
+    (``THP_MEM_ALLOC_ENABLE=1``), so that htaf's outputs and PyTorch's tensors get the same pages."""
+    raw = os.environ.get("HTAF_CPU_POOL_HUGEPAGES", "").strip()
+    if not raw:
+        raw = "1" if os.environ.get("THP_MEM_ALLOC_ENABLE", "").strip() == "1" else "0"
     if raw not in ("0", "1"):
         raise ValueError(f"HTAF_CPU_POOL_HUGEPAGES must be 1 (advise huge pages) or 0, got {raw!r}")
     return raw == "1" and hasattr(mmap, "MADV_HUGEPAGE")
