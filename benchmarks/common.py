@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from htaf._build import cpu_summary
+from htaf.surrogates import list_surrogates
 
-#: The peers' surrogates behind the same API: every benchmark's baseline rows, in this order.
-BASELINES = ("sigmoid", "atan", "fast_sigmoid", "super_spike", "piecewise_quadratic",
-             "piecewise_exp", "erf", "triangle", "rect", "ste", "approx_sign", "swish_sign")
+#: The peers' surrogates behind the same API (every registered one but HTAF): every benchmark's
+#: baseline rows.
+BASELINES = tuple(name for name in list_surrogates() if name != "htaf")
 
 
 def cpu_name() -> str:

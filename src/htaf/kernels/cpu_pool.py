@@ -17,14 +17,15 @@ pool off and every output comes from ``torch.empty_like``); the rest are unmappe
 they are found free. :func:`empty_cache` unmaps every free mapping now (as
 ``torch.cuda.empty_cache`` does for CUDA's caching allocator), :func:`stats` says what is held.
 
-``HTAF_CPU_POOL_HUGEPAGES=1`` (Linux; by default only where PyTorch's own allocator is asked for
-huge pages, ``THP_MEM_ALLOC_ENABLE=1``) advises each new mapping ``MADV_HUGEPAGE``: where transparent huge pages are ``always`` or ``madvise``, the kernel backs
-it with 2 MiB pages, 512 times fewer TLB entries for the same bytes, which made memory-bound
-calls 5–12 % faster in the steady state (docs/kernels.md), but a huge page costs its zeroing, and
-often a compaction of memory, on the first touch: the first call of a large LIF took 1.0–1.6 s
-longer, the first step of a CPU CNN ≈1 s longer, and a conv net's later steps gained nothing
-measurable. A per-workload choice, like PyTorch's own ``THP_MEM_ALLOC_ENABLE``: long runs of
-large memory-bound ops gain, short ones lose.
+``HTAF_CPU_POOL_HUGEPAGES=1`` (Linux; by default only where PyTorch's own allocator is asked
+for huge pages, ``THP_MEM_ALLOC_ENABLE=1``) advises each new mapping ``MADV_HUGEPAGE``: where
+transparent huge pages are ``always`` or ``madvise``, the kernel backs it with 2 MiB pages, 512
+times fewer TLB entries for the same bytes, which made memory-bound calls 5–12 % faster in the
+steady state (docs/kernels.md), but a huge page costs its zeroing, and often a compaction of
+memory, on the first touch: the first call of a large LIF took 1.0–1.6 s longer, the first step
+of a CPU CNN 0.5–1.1 s longer, and a conv net's later steps gained nothing measurable. A
+per-workload choice, like PyTorch's own ``THP_MEM_ALLOC_ENABLE``: long runs of large
+memory-bound ops gain, short ones lose.
 """
 
 from __future__ import annotations
